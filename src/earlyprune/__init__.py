@@ -1,0 +1,19 @@
+"""earlyprune: pruning neural networks before and early in training.
+
+The public API (see the README and DESIGN notes)::
+
+    import earlyprune as ep
+    scores = ep.score(model, "grasp", batches)                       # {param name: tensor}, higher = keep
+    masks = ep.prune(model, "snip", sparsity=0.98, data=loader)      # applies; returns ep.Masks
+    ep.report(model)                                                 # params, non-zero, FLOPs per layer
+    ep.methods()                                                     # every method with its paper
+"""
+
+from .errors import LayerCollapseError, PruningError
+from .masks import Masks
+from .metrics import report
+from .pruning import methods, prune, score
+
+__version__ = "0.1.0"
+
+__all__ = ["Masks", "prune", "score", "report", "methods", "PruningError", "LayerCollapseError", "__version__"]

@@ -1,0 +1,42 @@
+"""GraSP: gradient signal preservation (Wang, Zhang, Grosse, "Picking Winning Tickets Before Training
+by Preserving Gradient Flow", ICLR 2020).
+
+The score of the official code (alecwangcq/GraSP, pruner/GraSP.py) is S = −θ ⊙ Hg, and it removes the
+weights with the *highest* S. As importance (higher = keep) that is I = θ ⊙ Hg, signed, not an absolute
+value: removing a weight with large positive θ·(Hg) would reduce the gradient norm the most.
+
+Details kept from the official code:
+* g is the gradient of the cross-entropy of the logits divided by a temperature T = 200, summed over
+  the scoring batches (the official code sums over two halves of its class-balanced set);
+* Hg is computed by differentiating z = g·∇L(θ) (same temperature) once more, summed over the batches;
+* the scoring set is class-balanced, 10 samples per class (chosen by :func:`earlyprune.prune` when it
+  is given a loader; batches given directly are used as they are);
+* the Hessian is over the prunable weights only, and the model is in training mode (BatchNorm uses
+  batch statistics), as a freshly built network is in the official code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ._autograd import hessian_gradient_product, loss_gradient
+from ._context import Batch, LossFn
+
+DEFAULT_TEMPERATURE = 200.0
+
+
+def grasp_importance(
+    model: nn.Module,
+    params: Mapping[str, nn.Parameter],
+    batches: Sequence[Batch],
+    loss_fn: LossFn,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    temperature: float = DEFAULT_TEMPERATURE,
+) -> dict[str, torch.Tensor]:
+    """θ ⊙ (H g) with g and H taken on logits / ``temperature``; higher = keep."""
+    grads = loss_gradient(model, params, batches, loss_fn, temperature, masks=masks)
+    hg = hessian_gradient_product(model, params, batches, grads, loss_fn, temperature)
+    return {n: p.detach() * hg[n] for n, p in params.items()}

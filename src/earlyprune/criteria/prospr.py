@@ -1,0 +1,92 @@
+"""ProsPr: prospect pruning (Alizadeh, Tailor, Zintgraf, van Amersfoort, Farquhar, Lane, Gal,
+"Prospect Pruning: Finding Trainable Weights at Initialization using Meta-Gradients", ICLR 2022).
+
+A multiplicative mask m = 1 is put on the prunable weights, θ_0 = θ ⊙ m, and M steps of plain SGD
+θ_{k+1} = θ_k − η ∇L(θ_k) are unrolled *with the graph kept*; the importance of a weight is
+|∂L(θ_M)/∂m| at m = 1, the meta-gradient of the loss after a few steps of training. With M = 0 this is
+SNIP's |θ ⊙ ∂L/∂θ|.
+
+Defaults follow the official code (mil-ad/prospr): M = 3 inner steps, inner learning rate 0.1, no
+momentum or weight decay, every trainable parameter takes part in the inner steps, one batch for the
+inner steps and the meta-loss unless ``fresh_batches`` is set (then batch k serves step k and the next
+one the meta-loss, cycling through the given batches). Under the current masks the inner updates of
+pruned weights are masked too, so they stay zero. The model itself is never modified: the unrolled
+weights are passed with ``torch.func.functional_call``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from ..errors import PruningError
+from ._context import Batch, LossFn, batch_loss
+
+DEFAULT_STEPS = 3
+DEFAULT_INNER_LR = 0.1
+
+
+def prospr_importance(
+    model: nn.Module,
+    params: Mapping[str, nn.Parameter],
+    batches: Sequence[Batch],
+    loss_fn: LossFn,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    steps: int = DEFAULT_STEPS,
+    inner_lr: float = DEFAULT_INNER_LR,
+    fresh_batches: bool = False,
+) -> dict[str, torch.Tensor]:
+    """|∂L(θ_M)/∂m| at m = 1 after ``steps`` differentiable SGD steps; higher = keep."""
+    if steps < 0:
+        raise PruningError(f"steps must be >= 0 (number of inner SGD steps), got {steps}")
+    if inner_lr <= 0:
+        raise PruningError(f"inner_lr must be > 0, got {inner_lr}")
+    scored_ids = {id(p): n for n, p in params.items()}
+    gates = {n: torch.ones_like(p, requires_grad=True) for n, p in params.items()}
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+
+    weights: dict[str, torch.Tensor] = {}
+    keep: dict[str, torch.Tensor | None] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        scored = scored_ids.get(id(p))
+        if scored is not None:
+            mask = None if masks is None else masks.get(scored)
+            base = p.detach() if mask is None else p.detach() * mask
+            weights[name] = base * gates[scored]
+            keep[name] = mask
+        else:
+            weights[name] = p.detach().clone().requires_grad_(True)
+            keep[name] = None
+    frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
+
+    def forward_with(current: dict[str, torch.Tensor]):
+        return lambda inputs: functional_call(model, {**current, **frozen, **buffers}, (inputs,))
+
+    def batch_for(k: int) -> Batch:
+        return batches[k % len(batches)] if fresh_batches else batches[0]
+
+    for k in range(steps):
+        loss = batch_loss(model, batch_for(k), loss_fn, forward=forward_with(weights))
+        names = list(weights)
+        grads = torch.autograd.grad(loss, [weights[n] for n in names], create_graph=True, allow_unused=True)
+        updated = {}
+        for n, g in zip(names, grads):
+            if g is None:
+                updated[n] = weights[n]
+                continue
+            if keep[n] is not None:
+                g = g * keep[n]
+            updated[n] = weights[n] - inner_lr * g
+        weights = updated
+
+    meta_loss = batch_loss(model, batch_for(steps), loss_fn, forward=forward_with(weights))
+    names = list(gates)
+    meta_grads = torch.autograd.grad(meta_loss, [gates[n] for n in names], allow_unused=True)
+    return {
+        n: torch.zeros_like(gates[n]) if g is None else g.detach().abs() for n, g in zip(names, meta_grads)
+    }

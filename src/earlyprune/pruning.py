@@ -1,0 +1,257 @@
+"""The public entry points: :func:`score` (one round of importance) and :func:`prune` (score, select,
+apply; one-shot or iterative), and :func:`methods` (what is available, with its paper)."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .criteria import CRITERIA, LossFn, as_batches, compute_importance, get_criterion
+from .criteria._context import isolated, model_device, model_dtype, to_device
+from .errors import PruningError
+from .masks import Masks, applied_masks, prunable_parameters
+from .scoring_data import class_balanced, first_batches, is_batch_list
+from .selection import (
+    check_sparsity,
+    collapse_message,
+    crop_it_schedule,
+    exponential_schedule,
+    reshape_like,
+    select,
+)
+
+#: Iterative variants: name -> (criterion, schedule).
+ITERATIVE_VARIANTS: dict[str, tuple[str, str]] = {
+    "snip-it": ("snip", "crop-it"),
+    "crop-it": ("crop", "crop-it"),
+}
+
+_VARIANT_PAPERS = {
+    "snip-it": "Verdenius, Stol, Forré, SNIP-it, 2020; schedule of Rachwan et al., ICML 2022",
+    "crop-it": "Rachwan et al., EarlyCroP (CroP-it), ICML 2022",
+}
+
+
+def methods() -> dict[str, str]:
+    """Every method name ``prune`` accepts, with the paper it comes from."""
+    listed = {name: f"{c.paper}: {c.summary}" for name, c in CRITERIA.items()}
+    for name, (criterion, _) in ITERATIVE_VARIANTS.items():
+        listed[name] = f"{_VARIANT_PAPERS[name]}: iterative {criterion}, rescored under the current mask"
+    listed["activation_density"] = (
+        "Foldy-Porto, Venkatesha, Panda 2020: structured, during training (see ActivationDensityPruner)"
+    )
+    return listed
+
+
+def score(
+    model: nn.Module,
+    method: str,
+    batches: Any = None,
+    *,
+    exclude: Iterable[str | type[nn.Module]] = (),
+    masks: Mapping[str, torch.Tensor] | None = None,
+    loss_fn: LossFn | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> dict[str, torch.Tensor]:
+    """One round of ``method``'s importance for every prunable parameter: ``{name: tensor}``, higher = keep.
+
+    ``batches`` (one ``(inputs, targets)`` pair or an iterable of them) are used as they are. Scores are
+    taken under ``masks``, or under the masks currently applied to ``model``. The model's weights,
+    buffers, modes, gradients and the global RNG are left as they were.
+    """
+    _reject_empty(model)
+    criterion = get_criterion(method)
+    params = prunable_parameters(model, exclude=exclude)
+    if not params:
+        raise PruningError(_NO_PRUNABLE)
+    masks = _current_masks(model, masks, params)
+    if criterion.name == "synflow" and "input_shape" not in options and batches is None:
+        options["input_shape"] = getattr(model, "input_shape", None)
+    importance = compute_importance(
+        model, criterion.name, params, batches, masks=masks, loss_fn=loss_fn, seed=seed, **options
+    )
+    return importance
+
+
+def prune(
+    model: nn.Module,
+    method: str,
+    sparsity: float,
+    data: Any = None,
+    *,
+    scope: str = "global",
+    iterations: int | None = None,
+    schedule: str | Sequence[float] | None = None,
+    rule: str = "topk",
+    structured: bool = False,
+    exclude: Iterable[str | type[nn.Module]] = (),
+    on_collapse: str = "warn",
+    min_per_layer: int = 1,
+    loss_fn: LossFn | None = None,
+    seed: int = 0,
+    num_batches: int = 1,
+    samples_per_class: int = 10,
+    optimizer: torch.optim.Optimizer | None = None,
+    **options: Any,
+) -> Any:
+    """Prune ``model`` in place with ``method`` to ``sparsity`` and return the applied :class:`Masks`.
+
+    Args:
+        model: any ``nn.Module``; weights of its Linear/Conv layers are pruned (see ``exclude``).
+        method: a name from :func:`methods` (``"snip"``, ``"grasp"``, ``"synflow"``, ``"crop-it"``, ...).
+        sparsity: fraction of prunable weights removed, in [0, 1). The kept count is exactly
+            ``round((1 - sparsity) * N)`` with ``rule="topk"``.
+        data: scoring data: one ``(inputs, targets)`` batch or a list of them (used as given), or a
+            loader (the first ``num_batches`` batches; GraSP draws ``samples_per_class`` per class).
+        scope: ``"global"`` ranks all weights together, ``"layer"`` prunes each layer to ``sparsity``.
+        iterations: rounds of the exponential schedule d^(i/n) (default 1; SynFlow 100).
+        schedule: ``"exponential"``, ``"crop-it"`` (EarlyCroP's) or an explicit increasing list of
+            sparsities ending at ``sparsity``. ``"snip-it"``/``"crop-it"`` methods use ``"crop-it"``.
+        rule: ``"topk"`` (exact count) or ``"official"`` (SynFlow repository's ``<=`` threshold rule).
+        structured: remove whole channels physically (see :mod:`earlyprune.structured`); returns the
+            (smaller) model instead of masks.
+        on_collapse: what to do with a layer pruned to nothing: ``"warn"``, ``"raise"``, ``"keep_min"``.
+        min_per_layer: weights each layer keeps with ``on_collapse="keep_min"``.
+        optimizer: when pruning mid-training, the optimizer whose state must respect the masks.
+        **options: the criterion's own options (e.g. ``temperature``, ``steps``, ``double``).
+    """
+    sparsity = check_sparsity(sparsity)
+    _reject_empty(model)
+    criterion_name, schedule = _resolve_method(method, schedule)
+    criterion = get_criterion(criterion_name)
+    if structured:
+        from .structured.api import prune_structured
+
+        return prune_structured(
+            model, criterion.name, sparsity, data, optimizer=optimizer, loss_fn=loss_fn, seed=seed,
+            num_batches=num_batches, exclude=exclude, **options,
+        )
+
+    params = prunable_parameters(model, exclude=exclude)
+    if not params:
+        raise PruningError(_NO_PRUNABLE)
+    if iterations is None:
+        iterations = criterion.default_iterations
+    targets = _targets(sparsity, iterations, schedule)
+    batches = _scoring_batches(model, criterion, data, num_batches, samples_per_class)
+    if criterion.name == "synflow" and batches is None and "input_shape" not in options:
+        options["input_shape"] = getattr(model, "input_shape", None)
+
+    existing = applied_masks(model)
+    current = {n: m for n, m in existing.items() if n in params} if existing is not None else None
+    started = time.perf_counter()
+    collapsed: list[str] = []
+    for round_index, target in enumerate(targets):
+        importance = compute_importance(
+            model, criterion.name, params, batches, masks=current, loss_fn=loss_fn,
+            seed=seed + round_index, **options,
+        )
+        flat, collapsed = select(importance, target, scope, current, rule, on_collapse, min_per_layer)
+        current = reshape_like(flat, params)
+        with torch.no_grad():
+            for name, param in params.items():
+                param.mul_(current[name])
+    elapsed = time.perf_counter() - started
+
+    if collapsed:
+        warnings.warn(collapse_message(collapsed), RuntimeWarning, stacklevel=2)
+    info = {
+        "method": method,
+        "criterion": criterion.name,
+        "sparsity_target": sparsity,
+        "scope": scope,
+        "rule": rule,
+        "schedule": [float(t) for t in targets],
+        "seed": seed,
+        "collapsed": collapsed,
+        "scoring_seconds": elapsed,
+        "options": {k: v for k, v in options.items() if k != "input_shape"},
+    }
+    masks = Masks(current, info=info)
+    masks.apply(model, optimizer=optimizer)
+    return masks
+
+
+_NO_PRUNABLE = (
+    "model has no prunable parameters: earlyprune prunes the weights of Linear and Conv1d/2d/3d layers; "
+    "check the model and that `exclude` does not remove every layer"
+)
+
+
+def _reject_empty(model: nn.Module) -> None:
+    if not isinstance(model, nn.Module):
+        raise PruningError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if next(model.parameters(), None) is None:
+        raise PruningError("model has no parameters: " + _NO_PRUNABLE.split(": ", 1)[1])
+
+
+def _resolve_method(method: str, schedule: str | Sequence[float] | None) -> tuple[str, Any]:
+    if isinstance(method, str) and method.lower() in ITERATIVE_VARIANTS:
+        criterion, variant_schedule = ITERATIVE_VARIANTS[method.lower()]
+        return criterion, schedule if schedule is not None else variant_schedule
+    if isinstance(method, str) and method.lower() == "activation_density":
+        raise PruningError(
+            "activation_density prunes during training, not in one call: use earlyprune.ActivationDensityPruner "
+            "in the training loop (or `earlyprune run --method activation_density`)"
+        )
+    return method, schedule
+
+
+def _targets(sparsity: float, iterations: int, schedule: str | Sequence[float] | None) -> list[float]:
+    if schedule is None or schedule == "exponential":
+        return exponential_schedule(sparsity, iterations)
+    if schedule == "crop-it":
+        return crop_it_schedule(sparsity)
+    if isinstance(schedule, str):
+        raise PruningError(f"schedule must be 'exponential', 'crop-it' or a list of sparsities, got {schedule!r}")
+    steps = [check_sparsity(s, "schedule entry") for s in schedule]
+    if not steps or any(b < a for a, b in zip(steps, steps[1:])) or abs(steps[-1] - sparsity) > 1e-12:
+        raise PruningError(f"schedule must be non-decreasing and end at sparsity {sparsity}, got {list(schedule)}")
+    return steps
+
+
+def _scoring_batches(model: nn.Module, criterion: Any, data: Any, num_batches: int, samples_per_class: int):
+    if data is None:
+        if criterion.needs_data:
+            raise PruningError(
+                f"method {criterion.name!r} needs data: pass data=(inputs, targets), a list of batches or a loader"
+            )
+        return None
+    if is_batch_list(data):
+        return as_batches(data)
+    if criterion.class_balanced:
+        return _halves(class_balanced(data, samples_per_class, _num_classes(model, data)))
+    return first_batches(data, num_batches)
+
+
+def _halves(batches: list) -> list:
+    """Split the class-balanced set into two halves, as GraSP's official code scores it."""
+    inputs, targets = batches[0]
+    half = targets.shape[0] // 2
+    if half == 0:
+        return batches
+    return [(inputs[:half], targets[:half]), (inputs[half:], targets[half:])]
+
+
+def _num_classes(model: nn.Module, loader: Any) -> int:
+    """Number of classes = width of the model's output on one example of the data."""
+    for inputs, _ in loader:
+        with isolated(model, train=False), torch.no_grad():
+            out = model(to_device(inputs[:1], model_device(model), model_dtype(model)))
+        return int(out.shape[-1])
+    raise PruningError("data is empty: the loader yielded no batches")
+
+
+def _current_masks(
+    model: nn.Module, masks: Mapping[str, torch.Tensor] | None, params: Mapping[str, nn.Parameter]
+) -> dict[str, torch.Tensor] | None:
+    source = masks if masks is not None else applied_masks(model)
+    if source is None:
+        return None
+    return {n: source[n].to(params[n].device) for n in params if n in source}
