@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..errors import PruningError
-from ._context import Batch, model_device
+from ._context import Batch, model_device, model_dtype
 
 
 def synflow_importance(
@@ -37,7 +37,7 @@ def synflow_importance(
     """
     device = model_device(model)
     dtype = torch.float64 if double else None
-    ones = _all_ones_input(batches, input_shape, device, dtype)
+    ones = _all_ones_input(batches, input_shape, device, dtype or model_dtype(model))
     names_scored = {id(p): n for n, p in params.items()}
     linear_params: dict[str, torch.Tensor] = {}
     scored: dict[str, torch.Tensor] = {}
@@ -77,10 +77,10 @@ def _all_ones_input(
     batches: Sequence[Batch] | None,
     input_shape: Sequence[int] | None,
     device: torch.device,
-    dtype: torch.dtype | None,
+    dtype: torch.dtype,
 ) -> Any:
     if input_shape is not None:
-        return torch.ones((1, *input_shape), device=device, dtype=dtype or torch.float32)
+        return torch.ones((1, *input_shape), device=device, dtype=dtype)
     if not batches:
         raise PruningError(
             "synflow is data-free but needs the input shape: pass input_shape=(C, H, W) or one batch of data"

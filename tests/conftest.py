@@ -1,0 +1,75 @@
+"""Tiny models and data shared by the tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+class SmallCNN(nn.Module):
+    """Conv-BN-ReLU twice, then a linear classifier: BatchNorm buffers to check scoring leaves alone."""
+
+    input_shape = (1, 8, 8)
+
+    def __init__(self, classes: int = 4):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+            nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Linear(8 * 4 * 4, classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+class TinyResNet(nn.Module):
+    """One residual block with a projection shortcut: channels tied by an addition."""
+
+    input_shape = (3, 8, 8)
+
+    def __init__(self, classes: int = 4):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(4)
+        self.conv1 = nn.Conv2d(4, 8, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.shortcut = nn.Sequential(nn.Conv2d(4, 8, 1, stride=2, bias=False), nn.BatchNorm2d(8))
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn0(self.stem(x)))
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out)) + self.shortcut(x)
+        out = torch.relu(out)
+        return self.fc(out.mean(dim=(2, 3)))
+
+
+def mlp(sizes=(64, 48, 32, 4)) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def batch_for(model_input_shape, classes: int = 4, n: int = 16, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((n, *model_input_shape), generator=g)
+    y = torch.arange(n) % classes
+    return x, y
+
+
+@pytest.fixture
+def cnn():
+    torch.manual_seed(0)
+    return SmallCNN()
+
+
+@pytest.fixture
+def cnn_batch():
+    return batch_for(SmallCNN.input_shape)
