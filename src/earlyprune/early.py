@@ -1,0 +1,147 @@
+"""EarlyPruner: prune early in training, in the user's own loop (EarlyCroP, Rachwan et al., ICML 2022).
+
+Call :meth:`EarlyPruner.step` once per epoch (after the epoch's training). It watches the normalised
+weight distance (:mod:`earlyprune.schedules`), fires by EarlyCroP's rule, at a cap epoch, or at a fixed
+epoch, then prunes (iteratively, rescoring under the current mask, on EarlyCroP's schedule by default)
+with any criterion — ``crop`` by default — unstructured (masks) or structured (channels removed
+physically, the optimizer's state sliced in place so training goes on).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import PruningError
+from .masks import prunable_parameters
+from .metrics import report
+from .pruning import prune
+from .schedules import DEFAULT_RELATIVE_THRESHOLD, WeightDistance, WeightDistanceTrigger
+from .selection import check_sparsity
+
+
+@dataclass
+class PruneEvent:
+    """What a prune did: when, to what sparsity, and the size and cost before and after."""
+
+    epoch: int
+    sparsity: float
+    structured: bool
+    params_before: int
+    params_after: int
+    nonzero_before: int
+    nonzero_after: int
+    flops_before: int | None
+    flops_after: int | None
+    seconds: float
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class EarlyPruner:
+    """Prune ``model`` once, early in training, when the weights have settled.
+
+    Args:
+        model: the model being trained (changed in place).
+        method: any criterion (default ``"crop"``, EarlyCroP's).
+        sparsity: weight sparsity (unstructured) or fraction of channels removed (structured).
+        data: scoring data from the *training* set: batches or a loader.
+        structured: remove whole channels physically.
+        optimizer: the training optimizer; its state is masked (unstructured) or sliced (structured).
+        at_epoch: prune at this epoch instead of by the trigger.
+        cap_epoch: prune at this epoch at the latest (the trigger may fire earlier).
+        relative_threshold: the trigger's threshold as a fraction of d_2 (see :mod:`earlyprune.schedules`).
+        schedule: pruning schedule; default EarlyCroP's (``"crop-it"``); ``"exponential"`` for one shot.
+        **prune_options: passed to :func:`earlyprune.prune` (scope, loss_fn, criterion options, ...).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        method: str = "crop",
+        sparsity: float = 0.9,
+        data: Any = None,
+        *,
+        structured: bool = False,
+        optimizer: torch.optim.Optimizer | None = None,
+        at_epoch: int | None = None,
+        cap_epoch: int | None = None,
+        relative_threshold: float = DEFAULT_RELATIVE_THRESHOLD,
+        schedule: Any = "crop-it",
+        **prune_options: Any,
+    ):
+        self.sparsity = check_sparsity(sparsity)
+        if at_epoch is not None and at_epoch < 1:
+            raise PruningError(f"at_epoch must be >= 1, got {at_epoch}")
+        self.model = model
+        self.method = method
+        self.data = data
+        self.structured = structured
+        self.optimizer = optimizer
+        self.at_epoch = at_epoch
+        self.schedule = schedule
+        self.prune_options = prune_options
+        self.trigger = WeightDistanceTrigger(relative_threshold=relative_threshold, cap_epoch=cap_epoch)
+        self.distance = WeightDistance(prunable_parameters(model))
+        self.epoch = 0
+        self.event: PruneEvent | None = None
+        self.result: Any = None  # the Masks (unstructured) or the model (structured)
+
+    @property
+    def fired(self) -> bool:
+        return self.event is not None
+
+    def step(self, epoch: int | None = None, optimizer: torch.optim.Optimizer | None = None) -> PruneEvent | None:
+        """Call after each epoch; prunes when due and returns the :class:`PruneEvent` of that epoch."""
+        self.epoch = self.epoch + 1 if epoch is None else epoch
+        if optimizer is not None:
+            self.optimizer = optimizer
+        if self.fired:
+            return None
+        if self.at_epoch is not None:
+            due, reason = self.epoch >= self.at_epoch, f"fixed epoch {self.at_epoch}"
+        else:
+            if self.epoch == 1 or self.distance.reference is None:
+                self.distance.set_reference()
+                return None
+            due = self.trigger.update(self.epoch, self.distance.distance())
+            capped = self.trigger.cap_epoch is not None and self.epoch >= self.trigger.cap_epoch
+            reason = f"cap epoch {self.trigger.cap_epoch}" if capped else "weight distance settled"
+        return self._prune(reason) if due else None
+
+    def _prune(self, reason: str) -> PruneEvent:
+        example = _example_input(self.data)
+        before = report(self.model, example_inputs=example)
+        start = time.perf_counter()
+        options = dict(self.prune_options)
+        if not self.structured:
+            options["schedule"] = self.schedule
+        self.result = prune(
+            self.model, self.method, self.sparsity, self.data, structured=self.structured,
+            optimizer=self.optimizer, **options,
+        )
+        seconds = time.perf_counter() - start
+        after = report(self.model, example_inputs=example)
+        self.event = PruneEvent(
+            self.epoch, self.sparsity, self.structured, before.params, after.params, before.nonzero,
+            after.nonzero, before.flops, after.effective_flops, seconds, reason,
+        )
+        return self.event
+
+
+def _example_input(data: Any) -> Any:
+    """One example from the scoring data, for FLOPs counting."""
+    batch = data if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[1], torch.Tensor) else None
+    if batch is None:
+        for batch in data:
+            break
+    if batch is None:
+        return None
+    inputs = batch[0]
+    return inputs[:1] if isinstance(inputs, torch.Tensor) else None

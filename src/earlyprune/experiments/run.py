@@ -1,0 +1,96 @@
+"""One experiment: build the model, prune (at init, early, or during training), train, evaluate, and
+return the result record (every setting, sizes, FLOPs, accuracies, times, memory, versions)."""
+
+from __future__ import annotations
+
+import platform
+import time
+from typing import Any
+
+import torch
+
+from .. import __version__, models
+from ..data import load_dataset
+from ..metrics import report
+from ..pruning import prune
+from ..train import TrainConfig, train
+from .config import DENSE, RunConfig
+
+
+def run_experiment(
+    config: RunConfig,
+    data_dir: str | None = None,
+    cache_dir: str | None = None,
+    progress: bool | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Run ``config`` and return its record. Deterministic on the CPU for a given seed."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(config.seed)
+    train_split, test_split = load_dataset(config.dataset, data_dir=data_dir, cache_dir=cache_dir)
+    if config.train_subset:
+        train_split = train_split.subset(config.train_subset)
+    model = models.create(
+        config.model, num_classes=train_split.num_classes, width=config.width, init=config.init,
+        in_channels=train_split.input_shape[0], input_size=train_split.input_shape[1],
+    )
+    model.input_shape = tuple(train_split.input_shape)
+    train_loader = train_split.loader(config.batch_size, shuffle=True, augment=config.augment, seed=config.seed)
+    test_loader = test_split.loader(500, shuffle=False, augment=False)
+    recipe = TrainConfig(
+        epochs=config.epochs, lr=config.lr, optimizer=config.optimizer, momentum=config.momentum,
+        weight_decay=config.weight_decay, lr_schedule=config.lr_schedule, progress=progress,
+    )
+    dense = report(model)
+    record: dict[str, Any] = {"key": config.key(), **config.as_dict()}
+    record.update(dense_params=dense.params, dense_flops=dense.flops)
+
+    scoring_seconds = 0.0
+    masks = None
+    on_epoch_end = None
+    if config.method != DENSE and config.when == "init" and not _is_during_training(config):
+        scoring_data = train_split.loader(config.batch_size, shuffle=True, augment=False, seed=config.seed + 1)
+        start = time.perf_counter()
+        result = prune(
+            model, config.method, config.sparsity, data=scoring_data, scope=config.scope,
+            iterations=config.iterations, rule=config.rule, structured=config.structured, seed=config.seed,
+        )
+        scoring_seconds = time.perf_counter() - start
+        if not config.structured:
+            masks = result
+            record["collapsed"] = masks.info["collapsed"]
+            record["schedule"] = masks.info["schedule"]
+    elif config.method != DENSE:
+        from .during_training import epoch_callback
+
+        on_epoch_end, events = epoch_callback(config, model, train_split, record)
+
+    result = train(model, train_loader, test_loader, recipe, on_epoch_end=on_epoch_end,
+                   description=f"{config.method} {config.sparsity}")
+    final = report(model)
+    record.update(
+        achieved_sparsity=(masks.sparsity() if masks is not None else 1.0 - final.nonzero / max(1, dense.params)),
+        params=final.params,
+        nonzero_params=final.nonzero,
+        flops=final.flops,
+        effective_flops=final.effective_flops,
+        final_accuracy=result.final_accuracy,
+        best_accuracy=result.best_accuracy,
+        scoring_seconds=scoring_seconds + record.get("scoring_seconds", 0.0),
+        train_seconds=result.seconds,
+        peak_memory_mb=result.peak_memory_mb,
+        curve=[{"epoch": r.epoch, "test_accuracy": r.test_accuracy, "train_loss": r.train_loss,
+                "seconds": r.seconds} for r in result.history],
+        earlyprune_version=__version__,
+        torch_version=torch.__version__,
+        python_version=platform.python_version(),
+        device=str(next(model.parameters()).device),
+        threads=torch.get_num_threads(),
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+    return record
+
+
+def _is_during_training(config: RunConfig) -> bool:
+    return config.method == "activation_density"

@@ -1,0 +1,230 @@
+"""One plain, fast training loop: SGD/Adam, the papers' step schedules, cosine and one-cycle, evaluation
+every epoch, wall time and peak memory, progress bars that stay quiet when not on a terminal.
+
+It works with any model and any iterable of ``(inputs, targets)`` batches, and takes an optional
+``on_epoch_end`` callback through which early pruning (:class:`earlyprune.EarlyPruner`) and
+activation-density resizing act between epochs.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .criteria._context import model_device, model_dtype, to_device
+from .errors import PruningError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_SCHEDULES = ("step", "cosine", "onecycle", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """A training recipe. Defaults: the SNIP/GraSP recipe (SGD 0.1, momentum 0.9, wd 5e-4, x0.1 at 50%/75%)."""
+
+    epochs: int = 20
+    lr: float = 0.1
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    lr_schedule: str = "step"
+    #: For ``"step"``: fractions of the epochs at which the LR is multiplied by ``gamma``.
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    gamma: float = 0.1
+    progress: bool | None = None  # None: a bar only when stderr is a terminal
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise PruningError(f"epochs must be >= 0, got {self.epochs}")
+        if not self.lr > 0:
+            raise PruningError(f"lr must be > 0, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise PruningError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise PruningError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    test_loss: float | None
+    test_accuracy: float | None
+    lr: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    history: list[EpochRecord] = field(default_factory=list)
+    seconds: float = 0.0
+    peak_memory_mb: float = 0.0
+
+    @property
+    def final_accuracy(self) -> float | None:
+        return self.history[-1].test_accuracy if self.history else None
+
+    @property
+    def best_accuracy(self) -> float | None:
+        values = [r.test_accuracy for r in self.history if r.test_accuracy is not None]
+        return max(values) if values else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "history": [asdict(r) for r in self.history],
+            "train_seconds": self.seconds,
+            "peak_memory_mb": self.peak_memory_mb,
+            "final_accuracy": self.final_accuracy,
+            "best_accuracy": self.best_accuracy,
+        }
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer the recipe names, over all of ``model``'s parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0,
+            weight_decay=config.weight_decay,
+        )
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """A per-step LR scheduler for the recipe (per-step so one-cycle and cosine are smooth)."""
+    total = max(1, config.epochs * steps_per_epoch)
+    if config.lr_schedule == "step":
+        milestones = sorted({max(1, round(f * config.epochs)) * steps_per_epoch for f in config.milestones})
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.gamma)
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    if config.lr_schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable[Any]) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` over ``loader`` (in eval mode, restored after)."""
+    was_training = model.training
+    model.eval()
+    device, dtype = model_device(model), model_dtype(model)
+    loss_sum, correct, count = 0.0, 0, 0
+    try:
+        for inputs, targets in loader:
+            inputs, targets = to_device(inputs, device, dtype), targets.to(device)
+            outputs = model(inputs)
+            loss_sum += float(F.cross_entropy(outputs, targets, reduction="sum"))
+            correct += int((outputs.argmax(1) == targets).sum())
+            count += targets.shape[0]
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise PruningError("the evaluation data is empty")
+    return loss_sum / count, correct / count
+
+
+EpochCallback = Callable[[int, nn.Module, torch.optim.Optimizer], Any]
+
+
+def train(
+    model: nn.Module,
+    train_loader: Iterable[Any],
+    test_loader: Iterable[Any] | None,
+    config: TrainConfig,
+    optimizer: torch.optim.Optimizer | None = None,
+    on_epoch_end: EpochCallback | None = None,
+    description: str = "train",
+) -> TrainResult:
+    """Train ``model`` in place for ``config.epochs`` epochs and evaluate after each.
+
+    ``on_epoch_end(epoch, model, optimizer)`` runs after each epoch's training and before its
+    evaluation, so a prune it makes is reflected in that epoch's accuracy. It may change the model in
+    place (masks, or physical surgery that slices the optimizer's state in place).
+    """
+    optimizer = optimizer or make_optimizer(model, config)
+    steps_per_epoch = _length(train_loader)
+    scheduler = make_scheduler(optimizer, config, steps_per_epoch or 1)
+    result = TrainResult()
+    device, dtype = model_device(model), model_dtype(model)
+    progress = _progress(config.progress, config.epochs * (steps_per_epoch or 0), description)
+    started = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        for epoch in range(1, config.epochs + 1):
+            epoch_start = time.perf_counter()
+            model.train()
+            loss_sum, correct, count = 0.0, 0, 0
+            for inputs, targets in train_loader:
+                inputs, targets = to_device(inputs, device, dtype), targets.to(device)
+                optimizer.zero_grad(set_to_none=True)
+                outputs = model(inputs)
+                loss = F.cross_entropy(outputs, targets)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                with torch.no_grad():
+                    loss_sum += float(loss) * targets.shape[0]
+                    correct += int((outputs.argmax(1) == targets).sum())
+                    count += targets.shape[0]
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(epoch=epoch, loss=f"{float(loss):.3f}", refresh=False)
+            if count == 0:
+                raise PruningError("the training data is empty")
+            if not math.isfinite(loss_sum):
+                raise PruningError(
+                    f"training diverged at epoch {epoch} (loss {loss_sum / count}); lower the learning rate"
+                )
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, model, optimizer)
+            test_loss = test_acc = None
+            if test_loader is not None:
+                test_loss, test_acc = evaluate(model, test_loader)
+            result.history.append(
+                EpochRecord(epoch, loss_sum / count, correct / count, test_loss, test_acc,
+                            optimizer.param_groups[0]["lr"], time.perf_counter() - epoch_start)
+            )
+    finally:
+        if progress is not None:
+            progress.close()
+    result.seconds = time.perf_counter() - started
+    result.peak_memory_mb = peak_memory_mb(device)
+    return result
+
+
+def peak_memory_mb(device: torch.device | None = None) -> float:
+    """Peak memory in MiB: allocated GPU memory on CUDA, else the process's peak resident set size."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _length(loader: Iterable[Any]) -> int | None:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _progress(enabled: bool | None, total: int, description: str):
+    if enabled is False or (enabled is None and not sys.stderr.isatty()):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total or None, desc=description, leave=False, dynamic_ncols=True)
