@@ -1,0 +1,238 @@
+"""The datasets earlyprune knows, where it looks for them, and ``load_dataset``.
+
+Data are found under ``data_dir``, else ``$EARLYPRUNE_DATA``, else ``./data``, in the layouts users
+already have (torchvision's ``MNIST/raw``, the ``cifar-10-batches-py`` download, an image-folder tree or
+its tarball). Nothing is ever downloaded implicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .cache import cached_arrays, default_cache_dir
+from .cifar_pickle import read_cifar_batch
+from .errors import DatasetNotFoundError
+from .idx import read_idx
+from .image_folder import read_image_folder, safe_extract
+from .loader import TensorLoader
+from .sample import load_sample
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: bool  # whether the standard augmentation applies (CIFAR: crop + flip)
+    folders: tuple[str, ...]
+    url: str
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    s.name: s
+    for s in [
+        DatasetSpec("mnist", 10, (0.1307,), (0.3081,), False, ("mnist", "MNIST/raw", "MNIST"),
+                    "https://ossci-datasets.s3.amazonaws.com/mnist/ (the four *-ubyte.gz files)"),
+        DatasetSpec("fashion-mnist", 10, (0.2860,), (0.3530,), False,
+                    ("fashion-mnist", "FashionMNIST/raw", "fashion_mnist", "FashionMNIST"),
+                    "https://github.com/zalandoresearch/fashion-mnist (the four *-ubyte.gz files)"),
+        DatasetSpec("cifar10", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True,
+                    ("cifar-10-batches-py", "cifar10-jpeg", "cifar10-jpeg.tar.gz", "cifar10"),
+                    "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (extract it into the data dir)"),
+        DatasetSpec("cifar100", 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True,
+                    ("cifar-100-python", "cifar100"),
+                    "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz (extract it into the data dir)"),
+        DatasetSpec("mnist-sample", 10, (0.1307,), (0.3081,), False, (), "shipped inside the package"),
+    ]
+}
+
+_IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+class DatasetSplit:
+    """One split in memory: normalised float32 images (N, C, H, W) and int64 labels."""
+
+    def __init__(self, name: str, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                 classes: list[str], augmentable: bool):
+        self.name, self.images, self.labels = name, images, labels
+        self.num_classes, self.classes, self.augmentable = num_classes, classes, augmentable
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def loader(self, batch_size: int = 128, shuffle: bool = False, augment: bool = False, seed: int = 0,
+               drop_last: bool = False) -> TensorLoader:
+        """Batches of this split; ``augment`` (random crop + flip) applies to CIFAR only."""
+        return TensorLoader(self.images, self.labels, batch_size, shuffle=shuffle,
+                            augment=augment and self.augmentable, seed=seed, drop_last=drop_last)
+
+    def subset(self, n: int) -> "DatasetSplit":
+        """The first examples of each class, ``n`` in all, as equal per class as possible (deterministic)."""
+        if not 0 < n <= len(self):
+            raise ValueError(f"subset size must be in 1..{len(self)}, got {n}")
+        picked = []
+        per_class, extra = divmod(n, self.num_classes)
+        for label in range(self.num_classes):
+            where = torch.nonzero(self.labels == label).flatten()
+            picked.append(where[: per_class + (1 if label < extra else 0)])
+        index = torch.cat(picked).sort().values
+        return DatasetSplit(self.name, self.images[index], self.labels[index], self.num_classes, self.classes,
+                            self.augmentable)
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None,
+                 cache_dir: str | os.PathLike[str] | None = None) -> tuple[DatasetSplit, DatasetSplit]:
+    """The train and test splits of dataset ``name`` (see ``DATASETS``)."""
+    key = name.lower() if isinstance(name, str) else name
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    spec = DATASETS[key]
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    if key == "mnist-sample":
+        arrays = load_sample()
+        classes = [str(i) for i in range(10)]
+    else:
+        arrays, classes = _locate_and_read(spec, data_dir, cache)
+    return tuple(  # type: ignore[return-value]
+        DatasetSplit(key, _normalise(arrays[f"x_{split}"], spec), torch.from_numpy(arrays[f"y_{split}"].astype(np.int64)),
+                     spec.num_classes, classes, spec.augment)
+        for split in ("train", "test")
+    )
+
+
+def _normalise(images: np.ndarray, spec: DatasetSpec) -> torch.Tensor:
+    """uint8 (N, H, W[, C]) -> float32 (N, C, H, W), (x/255 - mean) / std per channel, in two in-place passes."""
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    if x.ndim == 3:
+        x = x.unsqueeze(-1)
+    x = x.permute(0, 3, 1, 2).contiguous().to(torch.float32)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    return x.mul_(1.0 / (255.0 * std)).sub_(mean / std)
+
+
+def _search_roots(data_dir: str | os.PathLike[str] | None) -> list[Path]:
+    if data_dir:
+        return [Path(data_dir)]
+    roots = []
+    if os.environ.get("EARLYPRUNE_DATA"):
+        roots.append(Path(os.environ["EARLYPRUNE_DATA"]))
+    roots.append(Path("data"))
+    return roots
+
+
+def _locate_and_read(spec: DatasetSpec, data_dir, cache: Path) -> tuple[dict[str, np.ndarray], list[str]]:
+    looked: list[str] = []
+    for root in _search_roots(data_dir):
+        for folder in (*spec.folders, ""):
+            candidate = root / folder if folder else root
+            looked.append(str(candidate))
+            reader = _reader_for(spec, candidate, cache)
+            if reader is not None:
+                return reader()
+    raise DatasetNotFoundError(
+        f"dataset {spec.name!r} not found. Looked in: {', '.join(looked)}. Get it from {spec.url}, then pass "
+        f"--data-dir (data_dir=...) or set EARLYPRUNE_DATA to the folder that holds it"
+    )
+
+
+def _reader_for(spec: DatasetSpec, path: Path, cache: Path) -> Callable[[], tuple[dict, list[str]]] | None:
+    if spec.name in ("mnist", "fashion-mnist"):
+        files = _idx_files(path)
+        if files is None:
+            return None
+        return lambda: (cached_arrays(cache, spec.name, list(files.values()), lambda: _read_idx_set(files)),
+                        [str(i) for i in range(10)])
+    if spec.name == "cifar10" and (path / "data_batch_1").exists():
+        sources = [path / f"data_batch_{i}" for i in range(1, 6)] + [path / "test_batch"]
+        return lambda: (cached_arrays(cache, "cifar10", sources, lambda: _read_batches(sources[:5], sources[5:])),
+                        _cifar_names(path / "batches.meta", 10))
+    if spec.name == "cifar100" and (path / "train").is_file() and (path / "test").is_file():
+        sources = [path / "train", path / "test"]
+        return lambda: (cached_arrays(cache, "cifar100", sources, lambda: _read_batches(sources[:1], sources[1:])),
+                        _cifar_names(path / "meta", 100))
+    if spec.name == "cifar10" and path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
+        return lambda: _read_tarball(spec, path, cache)
+    if path.is_dir() and (path / "train").is_dir() and (path / "test").is_dir():
+        return lambda: _read_tree(spec, path, cache, [path])
+    return None
+
+
+def _idx_files(path: Path) -> dict[str, Path] | None:
+    found = {}
+    for split, (images, labels) in _IDX_FILES.items():
+        for key, stem in (("x_" + split, images), ("y_" + split, labels)):
+            match = next((path / (stem + s) for s in (".gz", "") if (path / (stem + s)).is_file()), None)
+            if match is None:
+                return None
+            found[key] = match
+    return found
+
+
+def _read_idx_set(files: dict[str, Path]) -> dict[str, np.ndarray]:
+    arrays = {k: read_idx(p, expected_dims=3 if k.startswith("x") else 1) for k, p in files.items()}
+    for split in ("train", "test"):
+        if arrays[f"x_{split}"].shape[0] != arrays[f"y_{split}"].shape[0]:
+            raise ValueError(f"{files[f'x_{split}']}: image and label counts differ")
+    return arrays
+
+
+def _read_batches(train: list[Path], test: list[Path]) -> dict[str, np.ndarray]:
+    out = {}
+    for split, files in (("train", train), ("test", test)):
+        parts = [read_cifar_batch(f) for f in files]
+        out[f"x_{split}"] = np.concatenate([p[0] for p in parts])
+        out[f"y_{split}"] = np.concatenate([p[1] for p in parts])
+    return out
+
+
+def _cifar_names(meta: Path, count: int) -> list[str]:
+    from .cifar_pickle import load_pickle
+
+    if meta.exists():
+        table = load_pickle(meta)
+        names = table.get(b"label_names") or table.get(b"fine_label_names")
+        if names:
+            return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    return [str(i) for i in range(count)]
+
+
+def _read_tarball(spec: DatasetSpec, archive: Path, cache: Path) -> tuple[dict, list[str]]:
+    from .cache import source_key
+
+    target = cache / f"extracted-{source_key([archive])}"
+    if not (target / "complete").exists():
+        safe_extract(archive, target)
+        (target / "complete").write_text("ok\n")
+    candidates = [target / "train", *target.glob("*/train")]  # the tree's root is at most one level down
+    tree = next((p for p in candidates if p.is_dir() and (p.parent / "test").is_dir()), None)
+    if tree is None:
+        raise DatasetNotFoundError(f"{archive}: holds no <root>/train and <root>/test folders")
+    return _read_tree(spec, tree.parent, cache, [archive])
+
+
+def _read_tree(spec: DatasetSpec, root: Path, cache: Path, sources: list[Path]) -> tuple[dict, list[str]]:
+    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+
+    def build() -> dict[str, np.ndarray]:
+        out = {}
+        for split in ("train", "test"):
+            images, labels, names = read_image_folder(root / split)
+            if names != classes:
+                raise ValueError(f"{root}: train and test have different class folders")
+            out[f"x_{split}"], out[f"y_{split}"] = images, labels
+        return out
+
+    return cached_arrays(cache, f"{spec.name}-tree", sources, build), classes
