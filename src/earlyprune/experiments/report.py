@@ -1,0 +1,186 @@
+"""``earlyprune report RESULTS_DIR``: Markdown tables (also printed) and PNG plots of a results store.
+
+Tables: test accuracy mean ± std over seeds for every method × sparsity (per dataset, model and timing),
+with the dense reference; parameters, FLOPs and time. Plots: accuracy against the fraction of weights
+remaining (log axis, one line per method, error bars over seeds), accuracy against total training time,
+and, for structured runs, accuracy against FLOPs.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+from .config import DENSE
+from .store import ResultsStore
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _variant(record: dict[str, Any]) -> str:
+    """The method as a line label: its name, and how/when it pruned when that is not 'at init'."""
+    name = record["method"]
+    if record.get("structured"):
+        name += " (structured)"
+    if record.get("when", "init") != "init" and record["method"] != DENSE:
+        name += f" @{record['when']}"
+    return name
+
+
+def summarise(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Group records by (dataset, model), then by variant and sparsity, with mean and std over seeds."""
+    grouped: dict[tuple[str, str], dict[str, dict[float, list[dict[str, Any]]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
+    for r in records:
+        grouped[(r["dataset"], r["model"])][_variant(r)][float(r["sparsity"])].append(r)
+    summary: dict[tuple[str, str], dict[str, Any]] = {}
+    for setting, variants in grouped.items():
+        rows = {}
+        for variant, by_sparsity in variants.items():
+            rows[variant] = {}
+            for sparsity, runs in sorted(by_sparsity.items()):
+                acc = [100 * r["final_accuracy"] for r in runs if r.get("final_accuracy") is not None]
+                rows[variant][sparsity] = {
+                    "accuracy": _mean_std(acc) if acc else (float("nan"), 0.0),
+                    "seeds": len(runs),
+                    "nonzero_params": statistics.fmean(r["nonzero_params"] for r in runs),
+                    "effective_flops": statistics.fmean((r.get("effective_flops") or 0) for r in runs),
+                    "seconds": statistics.fmean(r.get("train_seconds", 0) + r.get("scoring_seconds", 0) for r in runs),
+                    "achieved_sparsity": statistics.fmean(r.get("achieved_sparsity", 0) for r in runs),
+                }
+        summary[setting] = rows
+    return summary
+
+
+def markdown_tables(summary: dict[tuple[str, str], dict[str, Any]]) -> str:
+    parts = []
+    for (dataset, model), rows in summary.items():
+        sparsities = sorted({s for v, by in rows.items() if v != DENSE for s in by})
+        parts.append(f"## {model} on {dataset}\n")
+        if DENSE in rows:
+            d = rows[DENSE][min(rows[DENSE])]
+            m, s = d["accuracy"]
+            parts.append(f"Dense reference: {m:.2f} ± {s:.2f}% ({d['seeds']} seed(s)), "
+                         f"{d['nonzero_params']:,.0f} parameters, {d['effective_flops'] / 1e6:.2f} MFLOPs.\n")
+        header = "| method | " + " | ".join(f"{100 * s:g}%" for s in sparsities) + " |"
+        parts += ["Test accuracy (%), mean ± std over seeds, by sparsity:\n", header,
+                  "|" + " --- |" * (len(sparsities) + 1)]
+        for variant, by in rows.items():
+            if variant == DENSE:
+                continue
+            cells = []
+            for s in sparsities:
+                if s in by:
+                    m, sd = by[s]["accuracy"]
+                    cells.append(f"{m:.2f} ± {sd:.2f}" + (f" (n={by[s]['seeds']})" if by[s]["seeds"] == 1 else ""))
+                else:
+                    cells.append("")
+            parts.append(f"| {variant} | " + " | ".join(cells) + " |")
+        parts += ["", "Size, cost and time (mean over seeds):\n",
+                  "| method | sparsity | non-zero params | eff. MFLOPs | time (s) |", "| --- | --- | --- | --- | --- |"]
+        for variant, by in rows.items():
+            for s, cell in by.items():
+                parts.append(f"| {variant} | {100 * s:g}% | {cell['nonzero_params']:,.0f} | "
+                             f"{cell['effective_flops'] / 1e6:.3f} | {cell['seconds']:.1f} |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def plot_accuracy_vs_remaining(summary, path: Path) -> None:
+    """One panel per (dataset, model): accuracy against % of weights remaining, log x, error bars."""
+    plt = _pyplot()
+    settings = list(summary)
+    fig, axes = plt.subplots(1, len(settings), figsize=(6.5 * len(settings), 4.6), squeeze=False)
+    for ax, setting in zip(axes[0], settings):
+        rows = summary[setting]
+        for variant, by in rows.items():
+            if variant == DENSE:
+                m, _ = by[min(by)]["accuracy"]
+                ax.axhline(m, color="black", linestyle="--", linewidth=1, label=f"dense ({m:.1f}%)")
+                continue
+            xs = [100 * (1 - by[s]["achieved_sparsity"]) for s in sorted(by)]
+            ms = [by[s]["accuracy"][0] for s in sorted(by)]
+            sds = [by[s]["accuracy"][1] for s in sorted(by)]
+            ax.errorbar(xs, ms, yerr=sds, marker="o", markersize=4, capsize=3, label=variant)
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+        ax.set_xlabel("weights remaining (%, log scale)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{setting[1]} on {setting[0]}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+    _save(fig, path)
+
+
+def plot_accuracy_vs(summary, key: str, label: str, path: Path, only_structured: bool = False) -> None:
+    """Accuracy against ``key`` (``seconds`` or ``effective_flops``), one marker series per method."""
+    plt = _pyplot()
+    settings = list(summary)
+    fig, axes = plt.subplots(1, len(settings), figsize=(6.5 * len(settings), 4.6), squeeze=False)
+    for ax, setting in zip(axes[0], settings):
+        for variant, by in summary[setting].items():
+            if only_structured and "structured" not in variant and variant != DENSE:
+                continue
+            xs = [by[s][key] / (1e6 if key == "effective_flops" else 1) for s in sorted(by)]
+            ms = [by[s]["accuracy"][0] for s in sorted(by)]
+            sds = [by[s]["accuracy"][1] for s in sorted(by)]
+            ax.errorbar(xs, ms, yerr=sds, marker="s" if variant == DENSE else "o", linestyle="none", capsize=3,
+                        label=variant)
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{setting[1]} on {setting[0]}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    _save(fig, path)
+
+
+def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Write ``report.md`` and the PNG plots for the store in ``results_dir``; print the tables."""
+    results_dir = Path(results_dir)
+    if not (results_dir / "results.sqlite").exists():
+        raise FileNotFoundError(f"no results store in {results_dir} (expected {results_dir / 'results.sqlite'})")
+    out = Path(out_dir) if out_dir else results_dir
+    out.mkdir(parents=True, exist_ok=True)
+    with ResultsStore(results_dir) as store:
+        records = list(store.records())
+        store.export_csv(out / "results.csv")
+        store.export_jsonl(out / "results.jsonl")
+    if not records:
+        raise FileNotFoundError(f"the results store in {results_dir} holds no finished runs yet")
+    summary = summarise(records)
+    tables = markdown_tables(summary)
+    plot_accuracy_vs_remaining(summary, out / "accuracy_vs_sparsity.png")
+    plot_accuracy_vs(summary, "seconds", "total time: scoring + training (s)", out / "accuracy_vs_time.png")
+    figures = ["accuracy_vs_sparsity.png", "accuracy_vs_time.png"]
+    if any(r.get("structured") for r in records):
+        plot_accuracy_vs(summary, "effective_flops", "FLOPs per example (M)", out / "accuracy_vs_flops.png", True)
+        figures.append("accuracy_vs_flops.png")
+    text = f"# Results: {results_dir}\n\n{len(records)} runs.\n\n{tables}\n" + "".join(
+        f"![{f}]({f})\n\n" for f in figures
+    )
+    (out / "report.md").write_text(text)
+    print(tables)
+    print(f"report: {out / 'report.md'}")
+    return out / "report.md"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -1,0 +1,179 @@
+"""earlyprune run / sweep / report: records, determinism, resumable sweeps, the results store."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import earlyprune as ep
+from earlyprune import models
+from earlyprune.cli import main
+from earlyprune.data import load_dataset
+from earlyprune.experiments.config import RunConfig
+from earlyprune.experiments.records import append_record, read_records
+from earlyprune.experiments.store import ResultsStore
+from earlyprune.experiments.sweep import ConfigError, load_sweep
+
+TINY = dict(dataset="mnist-sample", model="lenet300", epochs=1, batch_size=100, train_subset=500, width=0.25)
+
+
+def test_run_writes_a_complete_record(tmp_path, capsys):
+    out = tmp_path / "runs.jsonl"
+    code = main(["run", "--dataset", "mnist-sample", "--model", "lenet5", "--method", "snip", "--sparsity", "0.9",
+                 "--epochs", "1", "--train-subset", "600", "--width", "0.5", "--out", str(out)])
+    assert code == 0
+    (record,) = list(read_records(out))
+    for key in ["dataset", "model", "method", "sparsity", "seed", "achieved_sparsity", "params", "nonzero_params",
+                "dense_flops", "effective_flops", "final_accuracy", "best_accuracy", "scoring_seconds",
+                "train_seconds", "peak_memory_mb", "earlyprune_version", "torch_version", "curve"]:
+        assert key in record, key
+    assert record["achieved_sparsity"] == pytest.approx(0.9, abs=1e-4)
+    assert record["effective_flops"] < record["dense_flops"]
+    assert 0.1 < record["final_accuracy"] <= 1.0
+
+
+def test_same_seed_gives_identical_masks_and_first_epoch_loss():
+    from earlyprune.train import TrainConfig, train
+
+    results = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        train_split, test_split = load_dataset("mnist-sample")
+        train_split = train_split.subset(400)
+        model = models.create("lenet5", width=0.5)
+        masks = ep.prune(model, "snip", 0.95, data=train_split.loader(100, shuffle=True, seed=1))
+        out = train(model, train_split.loader(100, shuffle=True, seed=0), None, TrainConfig(epochs=1, progress=False))
+        results.append((masks, out.history[0].train_loss))
+    (m1, l1), (m2, l2) = results
+    assert all(torch.equal(m1[n], m2[n]) for n in m1)
+    assert l1 == l2
+
+
+def test_append_record_never_tears_existing_records(tmp_path, monkeypatch):
+    path = tmp_path / "r.jsonl"
+    append_record(path, {"a": 1})
+
+    def crash(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        append_record(path, {"a": 2})
+    monkeypatch.undo()
+    assert [r["a"] for r in read_records(path)] == [1]
+    assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
+
+
+def write_config(path: Path, results: Path, methods=("random", "magnitude"), sparsities=(0.5, 0.9), seeds=(0, 1)):
+    path.write_text(
+        f'results = "{results}"\n\n[recipe]\n'
+        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in TINY.items() if k not in ("dataset", "model"))
+        + "\n[grid]\n"
+        + 'datasets = ["mnist-sample"]\nmodels = ["lenet300"]\n'
+        + f"methods = {json.dumps(list(methods))}\nsparsities = {json.dumps(list(sparsities))}\n"
+        + f"seeds = {json.dumps(list(seeds))}\n"
+    )
+
+
+def test_sweep_config_errors_name_line_and_key(tmp_path):
+    cfg = tmp_path / "s.toml"
+    write_config(cfg, tmp_path / "res")
+    text = cfg.read_text()
+    cfg.write_text(text.replace("epochs = 1", "epochz = 1"))
+    with pytest.raises(ConfigError, match=r"s.toml:\d+: .*unknown setting 'epochz'"):
+        load_sweep(cfg)
+    cfg.write_text(text.replace('"random"', '"randm"'))
+    with pytest.raises(ConfigError, match=r"s.toml:\d+: unknown method 'randm'; valid: dense, random, magnitude"):
+        load_sweep(cfg)
+    cfg.write_text(text.replace('models = ["lenet300"]', 'models = ["lenet301"]'))
+    with pytest.raises(ConfigError, match="unknown model 'lenet301'; valid: lenet300"):
+        load_sweep(cfg)
+    cfg.write_text(text.replace("epochs = 1", "epochs = = 1"))
+    with pytest.raises(ConfigError, match="not valid TOML.*line"):
+        load_sweep(cfg)
+
+
+def test_sweep_cells_are_the_grid_with_dense_once(tmp_path):
+    cfg = tmp_path / "s.toml"
+    write_config(cfg, tmp_path / "res", methods=("dense", "snip"), sparsities=(0.5, 0.9), seeds=(0, 1))
+    cells, results = load_sweep(cfg)
+    assert results == str(tmp_path / "res")
+    assert sorted((c.method, c.sparsity, c.seed) for c in cells) == sorted(
+        [("dense", 0.0, 0), ("dense", 0.0, 1)] + [("snip", s, seed) for s in (0.5, 0.9) for seed in (0, 1)]
+    )
+
+
+def _store_count(results: Path) -> int:
+    if not (results / "results.sqlite").exists():
+        return 0
+    with ResultsStore(results) as store:
+        return len(store.keys())
+
+
+def test_sweep_killed_with_sigkill_resumes_with_every_cell_once(tmp_path):
+    results = tmp_path / "res"
+    cfg = tmp_path / "s.toml"
+    write_config(cfg, results, methods=("random", "magnitude", "snip"), sparsities=(0.5, 0.9), seeds=(0,))
+    command = [sys.executable, "-m", "earlyprune.cli", "sweep", str(cfg)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while _store_count(results) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = _store_count(results)
+    assert 2 <= partial < 6, "the sweep should have been killed part-way"
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert f"{partial} done" in finished.stdout
+    cells, _ = load_sweep(cfg)
+    with ResultsStore(results) as store:
+        assert store.integrity_ok()
+        keys = [r["key"] for r in store.records()]
+        assert sorted(keys) == sorted(c.key() for c in cells)  # every cell exactly once
+        assert all(len(store.curve(k)) == 1 for k in keys)
+
+
+def _writer(results: str, worker: int, count: int) -> None:
+    with ResultsStore(results) as store:
+        for i in range(count):
+            store.add({"key": f"w{worker}-{i}", "dataset": "d", "model": "m", "method": "x", "sparsity": 0.5,
+                       "seed": i, "final_accuracy": 0.5, "curve": [{"epoch": 1, "test_accuracy": 0.5}]})
+
+
+def test_two_workers_writing_at_once_lose_nothing(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_writer, args=(str(tmp_path), w, 150)) for w in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+        assert w.exitcode == 0
+    with ResultsStore(tmp_path) as store:
+        assert len(store.keys()) == 300 and store.integrity_ok()
+        assert store.add({"key": "w0-0", "curve": []}) is False  # never twice
+
+
+def test_report_writes_markdown_and_plots(tmp_path):
+    with ResultsStore(tmp_path) as store:
+        for method, sparsity in [("dense", 0.0), ("snip", 0.9), ("snip", 0.99), ("random", 0.9)]:
+            for seed in (0, 1):
+                store.add({"key": f"{method}{sparsity}{seed}", "dataset": "mnist", "model": "lenet5",
+                           "method": method, "sparsity": sparsity, "seed": seed, "when": "init",
+                           "final_accuracy": 0.9 + 0.01 * seed, "nonzero_params": 1000, "effective_flops": 1e6,
+                           "train_seconds": 10.0, "scoring_seconds": 1.0, "achieved_sparsity": sparsity})
+    assert main(["report", str(tmp_path)]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "| snip | 90.50 ± 0.71 | 90.50 ± 0.71 |" in text
+    assert "Dense reference: 90.50 ± 0.71%" in text
+    for name in ("accuracy_vs_sparsity.png", "accuracy_vs_time.png", "results.csv", "results.jsonl"):
+        assert (tmp_path / name).stat().st_size > 0
