@@ -38,6 +38,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add("--width", type=float, default=defaults.width, help="width multiplier of the model")
     add("--init", default=None, help="kaiming, variance_scaling or default (the paper's by default)")
     add("--no-augment", dest="augment", action="store_false", help="no random crop/flip on CIFAR")
+    add("--score-batches", type=int, default=defaults.score_batches, help="training batches to score on")
     add("--train-subset", type=int, default=None, help="train on the first N examples only")
 
 

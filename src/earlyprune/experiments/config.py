@@ -43,6 +43,7 @@ class RunConfig:
     width: float = 1.0
     init: str | None = None
     augment: bool = True
+    score_batches: int = 1  # batches of the training set the criterion scores on (SNIP's paper: one)
     train_subset: int | None = None  # first N training examples (stratification is the dataset's order)
 
     def __post_init__(self) -> None:

@@ -55,6 +55,7 @@ def run_experiment(
         result = prune(
             model, config.method, config.sparsity, data=scoring_data, scope=config.scope,
             iterations=config.iterations, rule=config.rule, structured=config.structured, seed=config.seed,
+            num_batches=config.score_batches,
         )
         scoring_seconds = time.perf_counter() - start
         if not config.structured:
