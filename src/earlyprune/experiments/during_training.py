@@ -1,8 +1,9 @@
-"""Pruning during training for ``earlyprune run``: early (EarlyCroP's trigger or a fixed epoch)."""
+"""Pruning during training for ``earlyprune run``: early (EarlyCroP's trigger or a fixed epoch), or
+activation-density resizing every ``prune_every`` epochs."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
@@ -12,20 +13,23 @@ from .config import RunConfig
 def epoch_callback(config: RunConfig, model: nn.Module, train_split: Any, record: dict[str, Any]):
     """An ``on_epoch_end`` callback for :func:`earlyprune.train.train` and the list it fills with events.
 
-    The events are also written into ``record['prune_events']`` as they happen.
+    Events (prunes or resizes, with widths and sizes before and after) go to ``record['prune_events']``.
     """
-    from ..early import EarlyPruner
-
     scoring = train_split.loader(config.batch_size, shuffle=True, augment=False, seed=config.seed + 1)
     scoring_batches = [next(iter(scoring))]
+    events: list[dict[str, Any]] = []
+    record["prune_events"] = events
+    if config.method == "activation_density":
+        return _activation_density(config, model, scoring_batches, record, events), events
+
+    from ..early import EarlyPruner
+
     pruner = EarlyPruner(
         model, config.method, config.sparsity, scoring_batches, structured=config.structured,
         at_epoch=config.prune_epoch, cap_epoch=None if config.prune_epoch else max(2, config.epochs // 2),
         scope=config.scope, seed=config.seed,
         **({"schedule": "exponential", "iterations": config.iterations} if config.iterations else {}),
     )
-    events: list[dict[str, Any]] = []
-    record["prune_events"] = events
 
     def on_epoch_end(epoch: int, model: nn.Module, optimizer) -> None:
         event = pruner.step(epoch, optimizer=optimizer)
@@ -36,3 +40,21 @@ def epoch_callback(config: RunConfig, model: nn.Module, train_split: Any, record
                 record["collapsed"] = pruner.result.info["collapsed"]
 
     return on_epoch_end, events
+
+
+def _activation_density(config: RunConfig, model: nn.Module, scoring_batches, record, events):
+    from ..activation_density import ActivationDensityPruner
+
+    state: dict[str, Any] = {}
+
+    def on_epoch_end(epoch: int, model: nn.Module, optimizer) -> None:
+        if "pruner" not in state:  # built lazily: it needs the training optimizer
+            state["pruner"] = ActivationDensityPruner(model, scoring_batches[0][0][:1], optimizer=optimizer,
+                                                      prune_every=config.prune_every)
+            # The first epoch's activations were not seen; measure from now on.
+            return
+        event = state["pruner"].epoch_end(epoch, optimizer=optimizer)
+        if event is not None:
+            events.append(event.as_dict())
+
+    return on_epoch_end

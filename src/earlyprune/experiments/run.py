@@ -67,6 +67,7 @@ def run_experiment(
 
         on_epoch_end, events = epoch_callback(config, model, train_split, record)
 
+    on_epoch_end = _counting_training_flops(on_epoch_end, model, len(train_split), record)
     result = train(model, train_loader, test_loader, recipe, on_epoch_end=on_epoch_end,
                    description=f"{config.method} {config.sparsity}")
     final = report(model)
@@ -91,6 +92,20 @@ def run_experiment(
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
     return record
+
+
+def _counting_training_flops(callback, model, examples: int, record: dict[str, Any]):
+    """Wrap ``callback`` to add each epoch's training FLOPs (3 x forward: forward + backward, at the
+    effective FLOPs of the model as it was during that epoch) to ``record['training_flops']``."""
+    record["training_flops"] = 0
+
+    def on_epoch_end(epoch, model_, optimizer):
+        flops = report(model_).effective_flops or 0
+        record["training_flops"] += 3 * flops * examples
+        if callback is not None:
+            callback(epoch, model_, optimizer)
+
+    return on_epoch_end
 
 
 def _is_during_training(config: RunConfig) -> bool:

@@ -1,0 +1,282 @@
+"""Activation-density pruning in training (Foldy-Porto, Venkatesha, Panda, "Activation Density driven
+Energy-Efficient Pruning in Training", arXiv 2002.02949, 2020).
+
+During normal training, hooks on every ``nn.ReLU`` count how many of its outputs are non-zero, per channel.
+The activation density of a layer is AD_l = (non-zero outputs) / (all outputs) (the lab's follow-up,
+arXiv 2101.04354: "the proportion of non-zero activations in a layer"). Every ``prune_every`` epochs the
+network is resized: each layer keeps ``round(AD_l * width)`` channels, its densest ones, and training
+continues on the smaller network with the surviving weights (no re-initialisation), through the same
+physical surgery and optimizer-state carry-over as structured EarlyCroP (:mod:`earlyprune.structured`).
+
+Choices where the paper is silent (documented and tested):
+
+* data and averaging: the counts accumulate over the training batches since the last resize (the epoch
+  that just ended), in training mode; this costs one comparison and one sum per ReLU output;
+* which channels go: those with the lowest per-channel density (most often zero);
+* rounding and minimum: ``max(min_channels, ceil(min_fraction * original width), round(AD_l * width))``;
+* residual-tied channels (one group) are decided together: their density pools the counts of every ReLU
+  that reads the group's channels (e.g. the stem ReLU and each block's output ReLU of a ResNet stage);
+* stopping: once a resize shrinks no layer by more than ``stop_below`` (default 5%) of its width, resizing
+  stops;
+* only ReLU: "non-zero" is exact for ReLU outputs. Models with other activation modules (GELU, SiLU, Tanh,
+  Sigmoid, LeakyReLU, ELU, ...) are refused, as are models that apply ReLU functionally (no module to
+  hook); a group that no ReLU reads keeps its width.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import PruningError
+from .metrics import report
+from .structured import build_groups, shrink
+from .structured.groups import ChannelGroup, GroupPlan
+
+_OTHER_ACTIVATIONS = (nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.SELU, nn.PReLU, nn.Hardswish,
+                      nn.Mish, nn.Softplus, nn.ReLU6, nn.Hardtanh, nn.CELU)
+
+
+@dataclass
+class ResizeEvent:
+    """One resize: when, layer densities, and widths and costs before and after."""
+
+    epoch: int
+    densities: dict[str, float]
+    widths_before: dict[str, int]
+    widths_after: dict[str, int]
+    params_before: int
+    params_after: int
+    flops_before: int | None
+    flops_after: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Counts:
+    nonzero: torch.Tensor
+    total: int = 0
+
+
+class ActivationDensityPruner:
+    """Measure activation density during training and resize the network periodically.
+
+    Args:
+        model: the model being trained (changed in place); needs ``nn.ReLU`` modules.
+        example_inputs: one batch of inputs (to trace the model's channel groups).
+        optimizer: the training optimizer; its state is sliced to the surviving channels.
+        prune_every: epochs between resizes.
+        min_fraction / min_channels: the smallest width a layer may reach.
+        stop_below: stop resizing once no layer shrinks by more than this fraction.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Any,
+        optimizer: torch.optim.Optimizer | None = None,
+        prune_every: int = 1,
+        min_fraction: float = 0.05,
+        min_channels: int = 1,
+        stop_below: float = 0.05,
+    ):
+        if prune_every < 1:
+            raise PruningError(f"prune_every must be >= 1, got {prune_every}")
+        others = sorted({type(m).__name__ for m in model.modules() if isinstance(m, _OTHER_ACTIVATIONS)})
+        if others:
+            raise PruningError(
+                f"activation-density pruning counts non-zero ReLU outputs, but the model uses {', '.join(others)}: "
+                "their outputs are (almost) never exactly zero, so density is not defined; use a ReLU model or "
+                "another structured method"
+            )
+        if not any(isinstance(m, nn.ReLU) for m in model.modules()):
+            raise PruningError(
+                "activation-density pruning hooks nn.ReLU modules and the model has none (functional relu cannot "
+                "be hooked); use nn.ReLU() modules"
+            )
+        self.model = model
+        self.example_inputs = example_inputs
+        self.optimizer = optimizer
+        self.prune_every = prune_every
+        self.min_fraction = min_fraction
+        self.min_channels = min_channels
+        self.stop_below = stop_below
+        self.events: list[ResizeEvent] = []
+        self.stopped = False
+        self._epochs_since = 0
+        self._hooks: list[Any] = []
+        self._counts: dict[str, _Counts] = {}
+        self._original_sizes: dict[str, int] = {}
+        self._plan: GroupPlan | None = None
+        self._relu_group: dict[str, str] = {}
+        self._rebuild()
+
+    # ----- measuring -----------------------------------------------------------------------------
+    def _rebuild(self) -> None:
+        """Trace the groups, map each ReLU to the group whose channels it reads, (re)attach hooks."""
+        self.remove_hooks()
+        self._plan = build_groups(self.model, self.example_inputs)
+        self._relu_group = relu_groups(self.model, self._plan, self.example_inputs)
+        for group in self._plan.groups:
+            self._original_sizes.setdefault(group.producers[0], group.size)
+        modules = dict(self.model.named_modules())
+        for relu_name in self._relu_group:
+            self._hooks.append(modules[relu_name].register_forward_hook(self._count_hook(relu_name)))
+        self._counts = {}
+
+    def _count_hook(self, relu_name: str):
+        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            if not module.training:
+                return
+            with torch.no_grad():
+                nonzero = output.detach() != 0
+                dims = [0] + list(range(2, output.dim()))
+                per_channel = nonzero.sum(dim=dims).to(torch.float64).cpu()
+                counts = self._counts.get(relu_name)
+                if counts is None:
+                    self._counts[relu_name] = _Counts(per_channel, output.numel() // output.shape[1])
+                else:
+                    counts.nonzero += per_channel
+                    counts.total += output.numel() // output.shape[1]
+
+        return hook
+
+    def remove_hooks(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+    def channel_density(self) -> dict[str, torch.Tensor]:
+        """Per group (named by its first producer): the fraction of non-zero outputs of each channel."""
+        pooled: dict[str, tuple[torch.Tensor, int]] = {}
+        for relu_name, group_name in self._relu_group.items():
+            counts = self._counts.get(relu_name)
+            if counts is None:
+                continue
+            if group_name in pooled:
+                nonzero, total = pooled[group_name]
+                pooled[group_name] = (nonzero + counts.nonzero, total + counts.total)
+            else:
+                pooled[group_name] = (counts.nonzero.clone(), counts.total)
+        return {name: nonzero / total for name, (nonzero, total) in pooled.items() if total}
+
+    def layer_density(self) -> dict[str, float]:
+        """AD_l per group: non-zero outputs over all outputs."""
+        return {name: float(d.mean()) for name, d in self.channel_density().items()}
+
+    # ----- resizing ------------------------------------------------------------------------------
+    def epoch_end(self, epoch: int | None = None, optimizer: torch.optim.Optimizer | None = None) -> ResizeEvent | None:
+        """Call after each training epoch; resizes when due and returns the resize it made, if any."""
+        if optimizer is not None:
+            self.optimizer = optimizer
+        self._epochs_since += 1
+        epoch = epoch if epoch is not None else len(self.events) + self._epochs_since
+        if self.stopped or self._epochs_since < self.prune_every:
+            return None
+        self._epochs_since = 0
+        event = self.resize(epoch)
+        return event
+
+    def resize(self, epoch: int = 0) -> ResizeEvent | None:
+        """Shrink every layer to its activation density now; returns None if nothing changed."""
+        assert self._plan is not None
+        density = self.channel_density()
+        if not density:
+            raise PruningError("no activations were measured: run training batches (in train mode) before resizing")
+        keep: dict[int, torch.Tensor] = {}
+        largest_cut = 0.0
+        for group in self._plan.groups:
+            name = group.producers[0]
+            if name not in density:
+                keep[group.index] = torch.arange(group.size)
+                continue
+            width = self.new_width(group, float(density[name].mean()))
+            order = torch.sort(density[name], descending=True, stable=True).indices
+            keep[group.index] = order[:width].sort().values
+            largest_cut = max(largest_cut, 1 - width / group.size)
+        if largest_cut <= self.stop_below:
+            self.stopped = True
+        if all(len(keep[g.index]) == g.size for g in self._plan.groups):
+            self._counts = {}
+            return None
+        before = report(self.model, example_inputs=self.example_inputs)
+        self.remove_hooks()
+        result = shrink(self.model, self._plan, keep, optimizer=self.optimizer)
+        self._rebuild()
+        after = report(self.model, example_inputs=self.example_inputs)
+        event = ResizeEvent(epoch, {k: float(v.mean()) for k, v in density.items()}, result.widths_before,
+                            result.widths_after, before.params, after.params, before.flops, after.flops)
+        self.events.append(event)
+        return event
+
+    def new_width(self, group: ChannelGroup, layer_density: float) -> int:
+        original = self._original_sizes.get(group.producers[0], group.size)
+        floor = max(self.min_channels, math.ceil(self.min_fraction * original))
+        return min(group.size, max(floor, round(layer_density * group.size)))
+
+
+def relu_groups(model: nn.Module, plan: GroupPlan, example_inputs: Any) -> dict[str, str]:
+    """``{ReLU module name: first producer of the group whose channels it reads}``.
+
+    Found on one forward pass: from each ReLU's input, the autograd graph is walked back through
+    parameter-free operations (additions, pooling, reshapes) to the first output of a group's gate point
+    (the BatchNorm after a producer, or the producer itself). A residual block's output ReLU reads the
+    sum of two gate points of the same group, so it maps to that group.
+    """
+    modules = dict(model.named_modules())
+    gate_fns: dict[Any, str] = {}
+    relu_inputs: dict[str, Any] = {}
+    handles = []
+
+    def gate_hook(group_name: str):
+        def hook(module, inputs, output):
+            if output.grad_fn is not None:
+                gate_fns[output.grad_fn] = group_name
+        return hook
+
+    def relu_hook(relu_name: str):
+        def hook(module, inputs, output):
+            relu_inputs[relu_name] = inputs[0].grad_fn
+        return hook
+
+    for group in plan.groups:
+        for point in group.gate_points:
+            handles.append(modules[point].register_forward_hook(gate_hook(group.producers[0])))
+    for name, module in modules.items():
+        if isinstance(module, nn.ReLU):
+            handles.append(module.register_forward_hook(relu_hook(name)))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.enable_grad():
+            model(example_inputs)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    mapping: dict[str, str] = {}
+    for relu_name, start in relu_inputs.items():
+        frontier, seen = [start], set()
+        while frontier:
+            fn = frontier.pop(0)
+            if fn is None or fn in seen:
+                continue
+            seen.add(fn)
+            if fn in gate_fns:
+                mapping[relu_name] = gate_fns[fn]
+                break
+            if _has_parameter_input(fn):
+                break  # another layer with weights lies between: not one of our groups' channels
+            frontier.extend(next_fn for next_fn, _ in fn.next_functions)
+    return mapping
+
+
+def _has_parameter_input(fn: Any) -> bool:
+    """Whether an autograd node takes a leaf parameter (a layer with weights, e.g. an excluded conv)."""
+    return any(type(next_fn).__name__ == "AccumulateGrad" for next_fn, _ in fn.next_functions if next_fn is not None)

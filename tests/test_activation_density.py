@@ -1,0 +1,116 @@
+"""Activation-density pruning: measured density, dead channels removed, outputs preserved, refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import earlyprune as ep
+from earlyprune import models
+from earlyprune.activation_density import ActivationDensityPruner
+
+
+class DeadHalfMLP(nn.Module):
+    """8 inputs -> 6 hidden (ReLU) -> 4 hidden (ReLU) -> 3; hidden units 1, 3, 5 of the first layer are dead."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 6)
+        self.relu1 = nn.ReLU()
+        self.fc2 = nn.Linear(6, 4)
+        self.relu2 = nn.ReLU()
+        self.fc3 = nn.Linear(4, 3)
+        with torch.no_grad():
+            self.fc1.weight.abs_()
+            self.fc1.bias.fill_(1.0)  # alive units: positive weights on positive inputs, positive bias
+            self.fc1.weight[1::2] = 0.0
+            self.fc1.bias[1::2] = -1.0  # dead units: always -1 before the ReLU
+            self.fc2.weight.abs_()
+            self.fc2.bias.fill_(1.0)
+
+    def forward(self, x):
+        return self.fc3(self.relu2(self.fc2(self.relu1(self.fc1(x)))))
+
+
+def test_density_from_hooks_equals_a_direct_count():
+    torch.manual_seed(0)
+    model = models.create("lenet5", width=0.5)
+    x = torch.randn(6, *model.input_shape)
+    pruner = ActivationDensityPruner(model, x[:1])
+    model.train()
+    model(x[:4])
+    model(x[4:])
+    with torch.no_grad():
+        a1 = model.relu1(model.conv1(x))
+        a3 = model.relu3(model.fc1(model.flatten(model.pool2(model.relu2(model.conv2(model.pool1(a1)))))))
+    density = pruner.channel_density()
+    torch.testing.assert_close(density["conv1"], (a1 != 0).double().mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(density["fc1"], (a3 != 0).double().mean(dim=0))
+    assert pruner.layer_density()["conv1"] == pytest.approx(float((a1 != 0).double().mean()))
+    model.eval()
+    model(x)  # evaluation passes are not counted
+    torch.testing.assert_close(pruner.channel_density()["conv1"], density["conv1"])
+
+
+def test_dead_channels_are_removed_and_nothing_else_and_outputs_are_kept():
+    torch.manual_seed(0)
+    model = DeadHalfMLP()
+    x = torch.rand(32, 8)
+    with torch.no_grad():
+        expected = model(x)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    pruner = ActivationDensityPruner(model, x[:1], optimizer=optimizer)
+    model.train()
+    model(x)
+    event = pruner.epoch_end(1)
+    assert event is not None
+    assert event.densities == {"fc1": pytest.approx(0.5), "fc2": pytest.approx(1.0)}
+    assert model.fc1.out_features == 3 and model.fc2.out_features == 4  # only the dead half went
+    assert torch.all(model.fc1.bias > 0)  # the survivors are the live units
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected)
+    assert model.fc2.in_features == 3
+    assert {id(p) for p in optimizer.param_groups[0]["params"]} == {id(p) for p in model.parameters()}
+
+
+def test_resizing_during_training_keeps_training_and_stops():
+    torch.manual_seed(0)
+    model = models.create("resnet20", width=0.25)
+    x, y = torch.randn(16, *model.input_shape), torch.arange(16) % 10
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1, 0.5)
+    pruner = ActivationDensityPruner(model, x[:1], optimizer=optimizer, prune_every=2, stop_below=0.99)
+    widths = []
+    for epoch in range(1, 5):
+        for _ in range(2):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        scheduler.step()
+        event = pruner.epoch_end(epoch)
+        widths.append(model.conv1.out_channels)
+        if epoch % 2:
+            assert event is None
+    assert len(pruner.events) == 1 and pruner.stopped  # every cut was below 99%: resizing stopped
+    assert widths[0] == 4 and widths[-1] < 4
+    event = pruner.events[0]
+    assert event.params_after < event.params_before and event.widths_after["conv1"] == widths[-1]
+    assert torch.isfinite(model(x)).all()
+
+
+def test_other_activations_and_functional_relu_are_refused():
+    with pytest.raises(ep.PruningError, match="GELU"):
+        ActivationDensityPruner(nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 2)), torch.randn(1, 4))
+
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    with pytest.raises(ep.PruningError, match="hooks nn.ReLU modules and the model has none"):
+        ActivationDensityPruner(Functional(), torch.randn(1, 4))
