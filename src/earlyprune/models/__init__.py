@@ -1,7 +1,18 @@
-"""Reference models in their papers' form and initialisation: LeNet-300-100, LeNet-5-Caffe, VGG-11/16/19
-and ResNet-20/32/44/56 for CIFAR, ResNet-18 for 32x32 inputs. ``create(name)`` builds one."""
+"""Reference models in their papers' form and initialisation, no torchvision needed.
+
+LeNet-300-100 and LeNet-5-Caffe (SNIP's MNIST models), VGG-11/16/19 in the CIFAR form of the GraSP and
+SynFlow code, ResNet-20/32/44/56 for CIFAR (option-B shortcuts) and ResNet-18 for 32x32 inputs::
+
+    from earlyprune import models
+    model = models.create("resnet20", num_classes=10, width=0.5)   # Kaiming normal, as the papers
+    models.names()                  # ['lenet300', 'lenet5', 'vgg11', ...]
+    models.input_shape("lenet5")    # (1, 28, 28); also model.input_shape
+"""
 
 from .init import SCHEMES, initialize
-from .registry import create, input_shape, names
+from .registry import ALIASES, MODELS, ModelSpec, create, default_dataset, input_shape, names, spec
 
-__all__ = ["create", "names", "input_shape", "initialize", "SCHEMES"]
+__all__ = [
+    "create", "names", "spec", "input_shape", "default_dataset", "MODELS", "ALIASES", "ModelSpec",
+    "initialize", "SCHEMES",
+]
