@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .distributed import broadcast_decision, unwrap
 from .errors import PruningError
 from .masks import prunable_parameters
 from .metrics import report
@@ -79,6 +80,7 @@ class EarlyPruner:
         self.sparsity = check_sparsity(sparsity)
         if at_epoch is not None and at_epoch < 1:
             raise PruningError(f"at_epoch must be >= 1, got {at_epoch}")
+        model = unwrap(model)  # surgery happens on the module; rebuild a DDP wrapper after a structured prune
         self.model = model
         self.method = method
         self.data = data
@@ -113,7 +115,8 @@ class EarlyPruner:
             due = self.trigger.update(self.epoch, self.distance.distance())
             capped = self.trigger.cap_epoch is not None and self.epoch >= self.trigger.cap_epoch
             reason = f"cap epoch {self.trigger.cap_epoch}" if capped else "weight distance settled"
-        return self._prune(reason) if due else None
+        # Under torch.distributed every rank must prune at the same epoch: rank 0 decides.
+        return self._prune(reason) if broadcast_decision(due) else None
 
     def _prune(self, reason: str) -> PruneEvent:
         example = _example_input(self.data)

@@ -13,6 +13,7 @@ from torch import nn
 
 from .criteria import CRITERIA, LossFn, as_batches, compute_importance, get_criterion
 from .criteria._context import isolated, model_device, model_dtype, to_device
+from .distributed import unwrap
 from .errors import PruningError
 from .masks import Masks, applied_masks, prunable_parameters
 from .scoring_data import class_balanced, first_batches, is_batch_list
@@ -65,6 +66,7 @@ def score(
     taken under ``masks``, or under the masks currently applied to ``model``. The model's weights,
     buffers, modes, gradients and the global RNG are left as they were.
     """
+    model = unwrap(model)
     _reject_empty(model)
     criterion = get_criterion(method)
     params = prunable_parameters(model, exclude=exclude)
@@ -122,6 +124,7 @@ def prune(
         **options: the criterion's own options (e.g. ``temperature``, ``steps``, ``double``).
     """
     sparsity = check_sparsity(sparsity)
+    model = unwrap(model)
     _reject_empty(model)
     criterion_name, schedule = _resolve_method(method, schedule)
     criterion = get_criterion(criterion_name)

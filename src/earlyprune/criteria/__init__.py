@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..distributed import average_across_ranks
 from ..errors import PruningError
 from ._context import Batch, LossFn, as_batches, default_loss, isolated
 from .baselines import magnitude_importance, random_importance
@@ -107,6 +108,14 @@ def compute_importance(
     loss_fn = loss_fn or default_loss
     _check_options(criterion, options)
     data = as_batches(batches) if (criterion.needs_data or batches is not None) else None
+    importance = _dispatch(model, method, params, data, masks, loss_fn, seed, criterion, options)
+    if criterion.needs_data:
+        # Under torch.distributed each rank scored its own shard: average so every rank selects alike.
+        importance = average_across_ranks(importance)
+    return importance
+
+
+def _dispatch(model, method, params, data, masks, loss_fn, seed, criterion, options):
     with isolated(model, train=criterion.train_mode, seed=seed):
         if method == "random":
             return random_importance(params, seed=seed)

@@ -73,10 +73,11 @@ class DatasetSplit:
         return self.images.shape[0]
 
     def loader(self, batch_size: int = 128, shuffle: bool = False, augment: bool = False, seed: int = 0,
-               drop_last: bool = False) -> TensorLoader:
+               drop_last: bool = False, num_replicas: int = 1, rank: int = 0) -> TensorLoader:
         """Batches of this split; ``augment`` (random crop + flip) applies to CIFAR only."""
         return TensorLoader(self.images, self.labels, batch_size, shuffle=shuffle,
-                            augment=augment and self.augmentable, seed=seed, drop_last=drop_last)
+                            augment=augment and self.augmentable, seed=seed, drop_last=drop_last,
+                            num_replicas=num_replicas, rank=rank)
 
     def subset(self, n: int) -> "DatasetSplit":
         """The first examples of each class, ``n`` in all, as equal per class as possible (deterministic)."""

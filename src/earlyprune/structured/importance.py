@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..criteria._context import Batch, batch_loss, default_loss, isolated
+from ..distributed import average_across_ranks
 from ..errors import PruningError
 from .gates import channel_gates
 from .groups import ChannelGroup
@@ -51,8 +52,10 @@ def channel_importance(
     loss_fn = loss_fn or default_loss
     with isolated(model, train=True, seed=seed):
         if method == "snip":
-            return _gate_gradient(model, groups, batches, loss_fn)
-        return _gate_gradient_flow(model, groups, batches, loss_fn)
+            scores = _gate_gradient(model, groups, batches, loss_fn)
+        else:
+            scores = _gate_gradient_flow(model, groups, batches, loss_fn)
+    return average_across_ranks(scores)  # each rank scored its own shard under torch.distributed
 
 
 def _magnitude(model: nn.Module, groups: list[ChannelGroup]) -> dict[int, torch.Tensor]:
