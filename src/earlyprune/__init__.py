@@ -11,6 +11,7 @@ The public API (see the README and DESIGN notes)::
     resizer = ep.ActivationDensityPruner(model, example_inputs, optimizer=opt)       # resizer.epoch_end()
 """
 
+from . import distributed
 from .activation_density import ActivationDensityPruner
 from .early import EarlyPruner
 from .errors import LayerCollapseError, PruningError

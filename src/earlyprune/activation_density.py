@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .distributed import average_across_ranks
 from .errors import PruningError
 from .metrics import report
 from .structured import build_groups, shrink
@@ -186,7 +187,8 @@ class ActivationDensityPruner:
     def resize(self, epoch: int = 0) -> ResizeEvent | None:
         """Shrink every layer to its activation density now; returns None if nothing changed."""
         assert self._plan is not None
-        density = self.channel_density()
+        # Under torch.distributed each rank saw its own shard: average so all ranks resize alike.
+        density = average_across_ranks(self.channel_density())
         if not density:
             raise PruningError("no activations were measured: run training batches (in train mode) before resizing")
         keep: dict[int, torch.Tensor] = {}

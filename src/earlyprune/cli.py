@@ -54,7 +54,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .experiments.run import run_experiment
 
     config = _config_from(args)
+    from .distributed import rank
+
     record = run_experiment(config, data_dir=args.data_dir, cache_dir=args.cache_dir, threads=args.threads)
+    if rank() != 0:
+        return 0  # under torchrun only rank 0 writes results
     out = Path(args.out)
     append_record(out, record)
     keys = ["method", "sparsity", "achieved_sparsity", "final_accuracy", "best_accuracy", "nonzero_params",

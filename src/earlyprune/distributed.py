@@ -45,9 +45,16 @@ def average_across_ranks(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Te
     if not is_distributed():
         return tensors
     size = float(dist.get_world_size())
+    nccl = dist.get_backend() == "nccl"
     for name in sorted(tensors):
-        dist.all_reduce(tensors[name], op=dist.ReduceOp.SUM)
-        tensors[name].div_(size)
+        tensor = tensors[name]
+        if nccl and tensor.device.type != "cuda":  # nccl reduces GPU tensors only
+            moved = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+            dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+            tensor.copy_(moved.cpu())
+        else:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor.div_(size)
     return tensors
 
 

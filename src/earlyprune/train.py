@@ -154,7 +154,8 @@ def train(
 
     ``on_epoch_end(epoch, model, optimizer)`` runs after each epoch's training and before its
     evaluation, so a prune it makes is reflected in that epoch's accuracy. It may change the model in
-    place (masks, or physical surgery that slices the optimizer's state in place).
+    place (masks, or physical surgery that slices the optimizer's state in place); if it returns a
+    module, training goes on with that one (e.g. a DDP wrapper rebuilt around a shrunk model).
     """
     optimizer = optimizer or make_optimizer(model, config)
     steps_per_epoch = _length(train_loader)
@@ -192,7 +193,9 @@ def train(
                     f"training diverged at epoch {epoch} (loss {loss_sum / count}); lower the learning rate"
                 )
             if on_epoch_end is not None:
-                on_epoch_end(epoch, model, optimizer)
+                replacement = on_epoch_end(epoch, model, optimizer)
+                if isinstance(replacement, nn.Module):
+                    model = replacement
             test_loss = test_acc = None
             if test_loader is not None:
                 test_loss, test_acc = evaluate(model, test_loader)

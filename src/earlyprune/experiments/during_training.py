@@ -22,6 +22,7 @@ def epoch_callback(config: RunConfig, model: nn.Module, train_split: Any, record
     if config.method == "activation_density":
         return _activation_density(config, model, scoring_batches, record, events), events
 
+    from ..distributed import rewrap
     from ..early import EarlyPruner
 
     pruner = EarlyPruner(
@@ -31,30 +32,37 @@ def epoch_callback(config: RunConfig, model: nn.Module, train_split: Any, record
         **({"schedule": "exponential", "iterations": config.iterations} if config.iterations else {}),
     )
 
-    def on_epoch_end(epoch: int, model: nn.Module, optimizer) -> None:
+    def on_epoch_end(epoch: int, model: nn.Module, optimizer):
         event = pruner.step(epoch, optimizer=optimizer)
         if event is not None:
             events.append(event.as_dict())
             record["scoring_seconds"] = record.get("scoring_seconds", 0.0) + event.seconds
             if not config.structured:
                 record["collapsed"] = pruner.result.info["collapsed"]
+            elif isinstance(model, nn.parallel.DistributedDataParallel):
+                return rewrap(model)  # DDP holds the old parameters: wrap the shrunk module anew
+        return None
 
     return on_epoch_end, events
 
 
 def _activation_density(config: RunConfig, model: nn.Module, scoring_batches, record, events):
     from ..activation_density import ActivationDensityPruner
+    from ..distributed import rewrap, unwrap
 
     state: dict[str, Any] = {}
 
-    def on_epoch_end(epoch: int, model: nn.Module, optimizer) -> None:
+    def on_epoch_end(epoch: int, model: nn.Module, optimizer):
         if "pruner" not in state:  # built lazily: it needs the training optimizer
-            state["pruner"] = ActivationDensityPruner(model, scoring_batches[0][0][:1], optimizer=optimizer,
+            state["pruner"] = ActivationDensityPruner(unwrap(model), scoring_batches[0][0][:1], optimizer=optimizer,
                                                       prune_every=config.prune_every)
             # The first epoch's activations were not seen; measure from now on.
-            return
+            return None
         event = state["pruner"].epoch_end(epoch, optimizer=optimizer)
         if event is not None:
             events.append(event.as_dict())
+            if isinstance(model, nn.parallel.DistributedDataParallel):
+                return rewrap(model)
+        return None
 
     return on_epoch_end

@@ -11,6 +11,7 @@ import torch
 
 from .. import __version__, models
 from ..data import load_dataset
+from ..distributed import init_from_environment, rank, unwrap, world_size
 from ..metrics import report
 from ..pruning import prune
 from ..train import TrainConfig, train
@@ -27,6 +28,8 @@ def run_experiment(
     """Run ``config`` and return its record. Deterministic on the CPU for a given seed."""
     if threads:
         torch.set_num_threads(threads)
+    distributed = init_from_environment()  # started by torchrun: one shard of the data per process
+    shard = {"num_replicas": world_size(), "rank": rank()}
     torch.manual_seed(config.seed)
     train_split, test_split = load_dataset(config.dataset, data_dir=data_dir, cache_dir=cache_dir)
     if config.train_subset:
@@ -36,7 +39,8 @@ def run_experiment(
         in_channels=train_split.input_shape[0], input_size=train_split.input_shape[1],
     )
     model.input_shape = tuple(train_split.input_shape)
-    train_loader = train_split.loader(config.batch_size, shuffle=True, augment=config.augment, seed=config.seed)
+    train_loader = train_split.loader(config.batch_size, shuffle=True, augment=config.augment, seed=config.seed,
+                                      **shard)
     test_loader = test_split.loader(500, shuffle=False, augment=False)
     recipe = TrainConfig(
         epochs=config.epochs, lr=config.lr, optimizer=config.optimizer, momentum=config.momentum,
@@ -50,7 +54,8 @@ def run_experiment(
     masks = None
     on_epoch_end = None
     if config.method != DENSE and config.when == "init" and not _is_during_training(config):
-        scoring_data = train_split.loader(config.batch_size, shuffle=True, augment=False, seed=config.seed + 1)
+        scoring_data = train_split.loader(config.batch_size, shuffle=True, augment=False, seed=config.seed + 1,
+                                          **shard)
         start = time.perf_counter()
         result = prune(
             model, config.method, config.sparsity, data=scoring_data, scope=config.scope,
@@ -68,7 +73,8 @@ def run_experiment(
         on_epoch_end, events = epoch_callback(config, model, train_split, record)
 
     on_epoch_end = _counting_training_flops(on_epoch_end, model, len(train_split), record)
-    result = train(model, train_loader, test_loader, recipe, on_epoch_end=on_epoch_end,
+    trained = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    result = train(trained, train_loader, test_loader, recipe, on_epoch_end=on_epoch_end,
                    description=f"{config.method} {config.sparsity}")
     final = report(model)
     record.update(
@@ -89,6 +95,7 @@ def run_experiment(
         python_version=platform.python_version(),
         device=str(next(model.parameters()).device),
         threads=torch.get_num_threads(),
+        processes=world_size(),
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
     return record
@@ -100,10 +107,11 @@ def _counting_training_flops(callback, model, examples: int, record: dict[str, A
     record["training_flops"] = 0
 
     def on_epoch_end(epoch, model_, optimizer):
-        flops = report(model_).effective_flops or 0
+        flops = report(unwrap(model_)).effective_flops or 0
         record["training_flops"] += 3 * flops * examples
         if callback is not None:
-            callback(epoch, model_, optimizer)
+            return callback(epoch, model_, optimizer)
+        return None
 
     return on_epoch_end
 

@@ -17,7 +17,7 @@ from .init import initialize
 from .lenet import LeNet5Caffe, LeNet300100
 from .resnet18 import resnet18
 from .resnet_cifar import resnet20, resnet32, resnet44, resnet56
-from .vgg import vgg
+from .vgg import vgg11, vgg16, vgg19
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,9 @@ _MNIST, _CIFAR = (1, 28, 28), (3, 32, 32)
 _SPECS = [
     ModelSpec("lenet300", LeNet300100, "variance_scaling", _MNIST, "mnist", "LeNet-300-100; SNIP (Lee et al. 2019)"),
     ModelSpec("lenet5", LeNet5Caffe, "variance_scaling", _MNIST, "mnist", "LeNet-5-Caffe; SNIP (Lee et al. 2019)"),
-    ModelSpec("vgg11", lambda **k: vgg(11, **k), "kaiming", _CIFAR, "cifar10", "VGG-11-BN, CIFAR form of GraSP/SynFlow"),
-    ModelSpec("vgg16", lambda **k: vgg(16, **k), "kaiming", _CIFAR, "cifar10", "VGG-16-BN, CIFAR form of GraSP/SynFlow"),
-    ModelSpec("vgg19", lambda **k: vgg(19, **k), "kaiming", _CIFAR, "cifar10", "VGG-19-BN, CIFAR form of GraSP/SynFlow"),
+    ModelSpec("vgg11", vgg11, "kaiming", _CIFAR, "cifar10", "VGG-11-BN, GraSP CIFAR form"),
+    ModelSpec("vgg16", vgg16, "kaiming", _CIFAR, "cifar10", "VGG-16-BN, GraSP CIFAR form"),
+    ModelSpec("vgg19", vgg19, "kaiming", _CIFAR, "cifar10", "VGG-19-BN, GraSP CIFAR form"),
     ModelSpec("resnet20", resnet20, "kaiming", _CIFAR, "cifar10", "ResNet-20 CIFAR (He et al. 2016), option B"),
     ModelSpec("resnet32", resnet32, "kaiming", _CIFAR, "cifar10", "ResNet-32 CIFAR (He et al. 2016), option B"),
     ModelSpec("resnet44", resnet44, "kaiming", _CIFAR, "cifar10", "ResNet-44 CIFAR (He et al. 2016), option B"),

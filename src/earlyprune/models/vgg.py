@@ -74,3 +74,18 @@ class VGG(nn.Module):
 def vgg(depth: int, **kwargs) -> VGG:
     """VGG-``depth`` (11, 16 or 19); keyword arguments go to :class:`VGG`."""
     return VGG(f"vgg{depth}", **kwargs)
+
+
+def vgg11(**kwargs) -> VGG:
+    """VGG-11 (configuration A) with BatchNorm, CIFAR form."""
+    return VGG("vgg11", **kwargs)
+
+
+def vgg16(**kwargs) -> VGG:
+    """VGG-16 (configuration D) with BatchNorm, CIFAR form."""
+    return VGG("vgg16", **kwargs)
+
+
+def vgg19(**kwargs) -> VGG:
+    """VGG-19 (configuration E) with BatchNorm, CIFAR form."""
+    return VGG("vgg19", **kwargs)
