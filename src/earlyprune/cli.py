@@ -61,6 +61,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0  # under torchrun only rank 0 writes results
     out = Path(args.out)
     append_record(out, record)
+    if args.store:
+        from .experiments.store import ResultsStore
+
+        with ResultsStore(args.store) as store:
+            store.add(record)
     keys = ["method", "sparsity", "achieved_sparsity", "final_accuracy", "best_accuracy", "nonzero_params",
             "effective_flops", "scoring_seconds", "train_seconds"]
     print(json.dumps({k: record.get(k) for k in keys}, indent=1))
@@ -101,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", default=None, help="where decoded arrays are cached")
     run.add_argument("--out", default="results/runs.jsonl", help="JSON-lines file the record is appended to")
     run.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    run.add_argument("--store", default=None, help="also add the record to the results store in this directory")
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="compare every method on the embedded MNIST sample (about 2 minutes)")
