@@ -18,15 +18,14 @@ Tied (shared) weights are one parameter and therefore get one mask.
 from __future__ import annotations
 
 import os
-import tempfile
 import weakref
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
+from .atomic import atomic_write
 from .errors import PruningError
 
 #: Layer types whose ``weight`` is prunable by default.
@@ -287,18 +286,8 @@ class Masks(Mapping[str, torch.Tensor]):
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write :meth:`state_dict` to ``path`` atomically (a killed write never leaves a partial file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(self.state_dict(), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        state = self.state_dict()
+        atomic_write(path, lambda f: torch.save(state, f))
 
     @classmethod
     def load(cls, source: str | os.PathLike[str] | Mapping[str, Any]) -> "Masks":

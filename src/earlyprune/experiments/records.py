@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from ..atomic import atomic_write
 
 
 def append_record(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
@@ -15,21 +16,11 @@ def append_record(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
     A crash at any moment leaves either the old file or the new one, never a torn line.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     old = path.read_bytes() if path.exists() else b""
     if old and not old.endswith(b"\n"):
         old += b"\n"
     line = json.dumps(record, sort_keys=True, default=_jsonable).encode() + b"\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(old + line)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.write(old + line))
 
 
 def read_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
