@@ -147,6 +147,21 @@ def test_groups_tie_residual_channels_and_leave_the_classifier():
     assert sum(len(k) for k in keep.values()) == round(0.5 * total)
 
 
+def test_channel_multiple_rounds_widths_up_with_the_next_best_channels():
+    model, x, _ = setup("resnet20", width=1.0)
+    plan = build_groups(model, x[:1])
+    scores = {g.index: torch.rand(g.size, generator=torch.Generator().manual_seed(g.index)) for g in plan.groups}
+    plain = select_channels(scores, plan.groups, 0.6)
+    rounded = select_channels(scores, plan.groups, 0.6, multiple=8)
+    for g in plan.groups:
+        n = len(rounded[g.index])
+        assert n % 8 == 0 or n == g.size
+        assert set(plain[g.index].tolist()) <= set(rounded[g.index].tolist())  # only additions
+        assert n - len(plain[g.index]) < 8
+        best = torch.sort(scores[g.index], descending=True, stable=True).indices[:n]
+        assert set(rounded[g.index].tolist()) == set(best.tolist())  # a group keeps its best channels
+
+
 def test_structured_snip_equals_activation_times_its_gradient():
     torch.manual_seed(0)
     model = mlp((6, 5, 4, 3)).double()

@@ -29,11 +29,13 @@ def prune_structured(
     num_batches: int = 1,
     exclude: Iterable[Any] = (),
     min_fraction: float = 0.0,
+    channel_multiple: int = 1,
     example_inputs: Any = None,
     **options: Any,
 ) -> nn.Module:
     """Remove a fraction ``sparsity`` of all prunable channels of ``model`` (in place) and return it.
 
+    ``channel_multiple`` rounds every layer's kept width up to a multiple of it (faster kernels).
     The result of the surgery is stored on the model as ``model.earlyprune_shrink`` (a
     :class:`ShrinkResult`): kept indices, parameter counts and layer widths before and after.
     """
@@ -57,7 +59,7 @@ def prune_structured(
                                            [x for x in model.modules() if isinstance(e, type) and isinstance(x, e)])]
     plan = build_groups(model, example_inputs, ignored_layers=ignored)
     importance = channel_importance(model, method, plan.groups, batches, loss_fn=loss_fn, seed=seed)
-    keep = select_channels(importance, plan.groups, sparsity, min_fraction=min_fraction)
+    keep = select_channels(importance, plan.groups, sparsity, min_fraction=min_fraction, multiple=channel_multiple)
     result: ShrinkResult = shrink(model, plan, keep, optimizer=optimizer)
     model.earlyprune_shrink = result
     return model

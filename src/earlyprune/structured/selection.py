@@ -17,6 +17,7 @@ def select_channels(
     sparsity: float,
     min_fraction: float = 0.0,
     min_channels: int = 1,
+    multiple: int = 1,
 ) -> dict[int, torch.Tensor]:
     """``{group index: sorted kept channel indices}`` removing a fraction ``sparsity`` of all channels.
 
@@ -24,7 +25,13 @@ def select_channels(
     channel/neuron); each group keeps at least ``max(min_channels, ceil(min_fraction * size))`` of its
     best channels, and the total kept is exactly ``round((1 - sparsity) * total)`` where the minimums
     allow it. Ties break by group, then channel index.
+
+    ``multiple > 1`` then rounds each group's kept count up to a multiple of it (or the full width), adding
+    the group's next-best channels: widths like 8, 16, 24 run faster than 7 or 13 on oneDNN/cuDNN kernels,
+    at the price of keeping slightly more than asked.
     """
+    if multiple < 1:
+        raise PruningError(f"multiple must be >= 1, got {multiple}")
     sparsity = check_sparsity(sparsity)
     sizes = {g.index: g.size for g in groups}
     for g in groups:
@@ -47,4 +54,11 @@ def select_channels(
         flat_keep = torch.cat([keep[g] for g in sizes])
         flat_keep[order] = True
         keep = dict(zip(sizes, flat_keep.split(list(sizes.values()))))
+    if multiple > 1:
+        for g, n in sizes.items():
+            count = int(keep[g].sum())
+            wanted = min(n, -(-count // multiple) * multiple)
+            if wanted > count:
+                scores = importance[g].double().masked_fill(keep[g], -math.inf)
+                keep[g][torch.sort(scores, descending=True, stable=True).indices[: wanted - count]] = True
     return {g: torch.nonzero(k).flatten() for g, k in keep.items()}
