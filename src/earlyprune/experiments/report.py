@@ -98,22 +98,28 @@ def plot_accuracy_vs_remaining(summary, path: Path) -> None:
     fig, axes = plt.subplots(1, len(settings), figsize=(6.5 * len(settings), 4.6), squeeze=False)
     for ax, setting in zip(axes[0], settings):
         rows = summary[setting]
+        ticks: set[float] = set()
         for variant, by in rows.items():
             if variant == DENSE:
                 m, _ = by[min(by)]["accuracy"]
                 ax.axhline(m, color="black", linestyle="--", linewidth=1, label=f"dense ({m:.1f}%)")
                 continue
             xs = [100 * (1 - by[s]["achieved_sparsity"]) for s in sorted(by)]
+            ticks.update(round(x, 3) for x in xs)
             ms = [by[s]["accuracy"][0] for s in sorted(by)]
             sds = [by[s]["accuracy"][1] for s in sorted(by)]
             ax.errorbar(xs, ms, yerr=sds, marker="o", markersize=4, capsize=3, label=variant)
         ax.set_xscale("log")
+        if ticks:  # label the measured densities themselves: "10", "2", "1", "0.5" rather than powers of ten
+            ax.set_xticks(sorted(ticks))
+            ax.set_xticklabels([f"{t:g}" for t in sorted(ticks)])
+            ax.minorticks_off()
         ax.invert_xaxis()
         ax.set_xlabel("weights remaining (%, log scale)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{setting[1]} on {setting[0]}")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="lower left")
+        ax.legend(fontsize=8, loc="best")
     _save(fig, path)
 
 
