@@ -1,13 +1,20 @@
-"""Structured pruning that removes channels for real: channel groups from a traced dependency graph,
-channel gates and importance, global selection with a per-layer minimum, and physical surgery that
-keeps the caller's optimizer working (EarlyCroP structured, Rachwan et al., ICML 2022)."""
+"""Structured pruning that removes channels for real (EarlyCroP structured, Rachwan et al., ICML 2022).
+
+``channel_groups`` traces the model into groups of coupled channels; ``channel_gates`` puts a gate on each
+group's channels; ``channel_importance`` scores channels (random, magnitude, snip, crop);
+``select_channels`` ranks them globally with a per-group minimum; ``shrink`` removes the rest physically
+and keeps the caller's optimizer (and LR scheduler) working. ``prune_structured`` does all of it.
+"""
 
 from .api import prune_structured
 from .gates import channel_gates
-from .groups import ChannelGroup, GroupPlan, build_groups
+from .groups import ChannelGroup, GroupMember, GroupPlan, build_groups, channel_groups
 from .importance import STRUCTURED_METHODS, channel_importance
 from .selection import select_channels
 from .surgery import ShrinkResult, layer_widths, shrink
 
-__all__ = ["prune_structured", "channel_gates", "ChannelGroup", "GroupPlan", "build_groups", "channel_importance",
-           "STRUCTURED_METHODS", "select_channels", "ShrinkResult", "layer_widths", "shrink"]
+__all__ = [
+    "ChannelGroup", "channel_groups", "channel_gates", "channel_importance", "select_channels", "shrink",
+    "ShrinkResult", "GroupMember", "GroupPlan", "build_groups", "STRUCTURED_METHODS", "layer_widths",
+    "prune_structured",
+]

@@ -58,7 +58,7 @@ def prune_structured(
     ignored = [m for e in exclude for m in ([modules[e]] if isinstance(e, str) and e in modules else
                                            [x for x in model.modules() if isinstance(e, type) and isinstance(x, e)])]
     plan = build_groups(model, example_inputs, ignored_layers=ignored)
-    importance = channel_importance(model, method, plan.groups, batches, loss_fn=loss_fn, seed=seed)
+    importance = channel_importance(model, method, batches, plan.groups, loss_fn=loss_fn, seed=seed)
     keep = select_channels(importance, plan.groups, sparsity, min_fraction=min_fraction, multiple=channel_multiple)
     result: ShrinkResult = shrink(model, plan, keep, optimizer=optimizer)
     model.earlyprune_shrink = result

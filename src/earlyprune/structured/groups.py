@@ -2,16 +2,19 @@
 
 A group is one conv's output channels (or one Linear's output neurons) together with everything tied to
 them: the following BatchNorm, the next layers' input channels, the flatten->Linear block of inputs,
-and, through residual additions and concatenations, the other layers writing to the same channels.
+and, through residual additions, the other layers writing to the same channels (a CIFAR ResNet's whole
+stage is one group: the stem or first projection shortcut and every block's last conv). Branches joined by
+a concatenation stay separate groups, each owning its slice of the next layer's inputs.
+
 The tracing is torch-pruning's ``DependencyGraph`` (Fang et al., "DepGraph", CVPR 2023), so no
-per-architecture code is needed. The model's final classifier (its outputs are the classes) is never
-part of a group.
+per-architecture code is needed. The model's final classifier (the last Linear/Conv to run; its outputs
+are the classes) is never part of a group, nor is any group tied to it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 import torch_pruning as tp
@@ -19,23 +22,54 @@ from torch import nn
 
 from ..errors import PruningError
 
-_PRODUCERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+#: Layers whose output channels define a group (torch-pruning's "root" layers).
+PRODUCERS = (*_CONVS, nn.Linear)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """One layer touched when the group's channels go.
+
+    ``direction`` is ``"out"`` (the layer's output channels: a producer, or a BatchNorm/PReLU on them) or
+    ``"in"`` (a consumer's input channels). ``params`` maps each affected parameter's full name to the
+    dimension that is sliced (None for a layer type whose layout this module does not know; torch-pruning
+    still slices it). ``width`` is how many slices of that dimension belong to the group: the group size,
+    or size x H x W for a Linear fed by a flatten.
+    """
+
+    module: str
+    direction: str
+    params: dict[str, int | None]
+    width: int
 
 
 @dataclass
 class ChannelGroup:
-    """One set of coupled channels.
+    """One set of coupled channels, valid for the model as traced (trace again after surgery).
 
-    ``producers`` are the layers whose output channels these are; ``gate_points`` the modules whose output
-    is multiplied by the channel gate (the BatchNorm right after a producer, else the producer itself).
+    ``index`` (also ``id``) numbers the groups in model order; ``size`` is the number of channels.
+    ``producers`` are the root layers whose output channels these are (several when tied by residual
+    additions); ``root`` is the one torch-pruning prunes from. ``gate_points`` are the modules whose output is
+    multiplied by the channel gate (:func:`earlyprune.structured.channel_gates`): the BatchNorm right after a
+    producer, else the producer itself. ``members`` lists every coupled layer with its sliced dimensions.
     """
 
     index: int
     size: int
     producers: list[str]
     gate_points: list[str]
-    members: list[str] = field(default_factory=list)
+    members: list[GroupMember] = field(default_factory=list)
+    root: str = ""
+    # The traced graph this group belongs to and its root pruning function (used by ``shrink``).
+    graph: Any = field(default=None, repr=False, compare=False)
+    handler: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def id(self) -> int:
+        return self.index
 
 
 @dataclass
@@ -47,71 +81,131 @@ class GroupPlan:
     roots: list[tuple[nn.Module, Any]]  # (root module, its out-channel pruning function) per group
 
 
-def find_classifier(model: nn.Module, example_inputs: Any) -> nn.Module | None:
-    """The last Linear/Conv layer to run in a forward pass: the classifier, whose outputs stay."""
-    order: list[nn.Module] = []
-    handles = [m.register_forward_hook(lambda mod, *_: order.append(mod))
-               for m in model.modules() if isinstance(m, _PRODUCERS)]
-    try:
-        with torch.no_grad():
-            was = model.training
-            model.eval()
-            model(example_inputs)
-            model.train(was)
-    finally:
-        for h in handles:
-            h.remove()
-    return order[-1] if order else None
+def channel_groups(
+    model: nn.Module, example_inputs: Any, ignored_layers: Iterable[nn.Module | str] | None = None
+) -> list[ChannelGroup]:
+    """Every prunable channel group of ``model``, in model order.
+
+    ``example_inputs`` is what ``model`` is called with for tracing (a tensor, a tuple of positional
+    arguments, or a dict of keyword arguments); one example is enough. ``ignored_layers`` (modules or
+    module names) are left whole, and so is every group tied to them; the final classifier always is.
+    """
+    return build_groups(model, example_inputs, ignored_layers or ()).groups
 
 
-def build_groups(model: nn.Module, example_inputs: Any, ignored_layers: Sequence[nn.Module] = ()) -> GroupPlan:
-    """Trace ``model`` on ``example_inputs`` and list its prunable channel groups."""
+def build_groups(
+    model: nn.Module, example_inputs: Any, ignored_layers: Iterable[nn.Module | str] = ()
+) -> GroupPlan:
+    """Trace ``model`` on ``example_inputs`` and list its prunable channel groups with the traced graph."""
     names = {m: n for n, m in model.named_modules()}
-    ignored = list(ignored_layers)
+    ignored = _resolve_layers(model, ignored_layers)
+    graph = trace(model, example_inputs)  # first: it explains a model that cannot be called on the inputs
     classifier = find_classifier(model, example_inputs)
     if classifier is not None and classifier not in ignored:
         ignored.append(classifier)
-    modes = {m: m.training for m in model.modules()}
-    try:
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
-    except Exception as exc:  # tracing failures come in many types
-        raise PruningError(
-            f"structured pruning could not trace the model ({type(exc).__name__}: {exc}); it needs a model whose "
-            "forward torch-pruning can follow — exclude the offending layers or prune unstructured instead"
-        ) from exc
-    finally:  # tracing switches the model to eval mode; give the caller back the modes it had
-        for module, mode in modes.items():
-            module.training = mode
     order = {m: i for i, m in enumerate(model.modules())}
     found = []
-    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=_PRODUCERS):
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRODUCERS):
         root_dep = group[0].dep
         producers, members = [], []
         for item in group:
-            module = item.dep.target.module
-            if not isinstance(module, nn.Module) or module not in names:
-                continue
-            members.append(module)
-            if graph.is_out_channel_pruning_fn(item.dep.handler) and isinstance(module, _PRODUCERS):
+            module, handler = item.dep.target.module, item.dep.handler
+            if isinstance(module, nn.Parameter) or module not in names:
+                continue  # functional ops (add, cat, flatten) and unwrapped parameters
+            out = graph.is_out_channel_pruning_fn(handler)
+            members.append((module, "out" if out else "in", len(item.idxs)))
+            if out and isinstance(module, PRODUCERS):
                 producers.append(module)
         if not producers:
             continue
         # torch-pruning's traversal order can follow object addresses; sort everything by model order so
         # group indices (and so random scores and tie-breaking) are the same in every process.
         producers = sorted(set(producers), key=order.__getitem__)
-        members = sorted(set(members), key=order.__getitem__)
+        members = sorted(set(members), key=lambda m: (order[m[0]], m[1]))
         found.append((producers, members, root_dep))
     found.sort(key=lambda item: order[item[0][0]])
     groups, roots = [], []
     for producers, members, root_dep in found:
-        size = _out_channels(root_dep.target.module)
-        gate_points = [names[_gate_point(graph, p)] for p in producers]
-        groups.append(ChannelGroup(len(groups), size, [names[p] for p in producers], gate_points,
-                                   [names[m] for m in members]))
-        roots.append((root_dep.target.module, root_dep.handler))
+        root = root_dep.target.module
+        groups.append(ChannelGroup(
+            index=len(groups),
+            size=_out_channels(root),
+            producers=[names[p] for p in producers],
+            gate_points=[names[_gate_point(graph, p)] for p in producers],
+            members=[_member(names[m], m, direction, width) for m, direction, width in members],
+            root=names[root],
+            graph=graph,
+            handler=root_dep.handler,
+        ))
+        roots.append((root, root_dep.handler))
     if not groups:
-        raise PruningError("the model has no prunable channel groups (only the classifier has outputs?)")
+        raise PruningError(
+            "the model has no prunable channel groups: no Conv/Linear outputs besides the classifier's "
+            "(or every group is tied to an ignored layer)"
+        )
     return GroupPlan(graph, groups, roots)
+
+
+def trace(model: nn.Module, example_inputs: Any) -> Any:
+    """torch-pruning's dependency graph of ``model``; every submodule's train/eval mode is kept."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        with torch.enable_grad():  # tracing follows autograd's graph
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+    except Exception as exc:  # tracing failures come in many types
+        raise PruningError(
+            f"structured pruning could not trace the model with torch-pruning ({type(exc).__name__}: {exc}). "
+            "Check that example_inputs is what the model's forward takes (a tensor, a tuple of arguments or "
+            "a dict of keyword arguments), pass the layers it cannot follow as ignored_layers/exclude, or "
+            "prune unstructured instead"
+        ) from exc
+    finally:  # tracing switches the model to eval mode; give the caller back the modes it had
+        for module, mode in modes.items():
+            module.training = mode
+
+
+def find_classifier(model: nn.Module, example_inputs: Any) -> nn.Module | None:
+    """The last Linear/Conv layer to run in a forward pass: the classifier, whose outputs stay."""
+    order: list[nn.Module] = []
+    handles = [m.register_forward_hook(lambda mod, *_: order.append(mod))
+               for m in model.modules() if isinstance(m, PRODUCERS)]
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            call(model, example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        for module, mode in modes.items():
+            module.training = mode
+    return order[-1] if order else None
+
+
+def call(model: nn.Module, inputs: Any) -> Any:
+    """Call ``model`` the way torch-pruning does: a dict as keywords, a tuple/list as positional args."""
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def as_groups(groups: GroupPlan | Sequence[ChannelGroup]) -> list[ChannelGroup]:
+    """Accept a :class:`GroupPlan` or a list of groups."""
+    return list(groups.groups if isinstance(groups, GroupPlan) else groups)
+
+
+def _resolve_layers(model: nn.Module, layers: Iterable[nn.Module | str]) -> list[nn.Module]:
+    modules = dict(model.named_modules())
+    resolved = []
+    for layer in layers:
+        if isinstance(layer, str):
+            if layer not in modules:
+                raise PruningError(f"ignored layer {layer!r} is not a module of the model")
+            layer = modules[layer]
+        resolved.append(layer)
+    return resolved
 
 
 def _out_channels(module: nn.Module) -> int:
@@ -119,11 +213,38 @@ def _out_channels(module: nn.Module) -> int:
 
 
 def _gate_point(graph: Any, producer: nn.Module) -> nn.Module:
-    """The BatchNorm directly fed by ``producer`` if there is one (a gate before it would be normalised
-    away in training mode), else the producer itself."""
+    """The BatchNorm fed only by ``producer``, and its only consumer, if there is one, else the producer.
+
+    A gate before a BatchNorm would be normalised away in training mode (BN(c·z) = BN(z) for c > 0), and
+    a gate of 0 there would leave the BatchNorm's shift β, not the zero that removing the channel gives.
+    """
     node = graph.module2node.get(producer)
-    if node is not None:
-        for out in node.outputs:
-            if isinstance(out.module, _NORMS) and len(out.inputs) == 1:
-                return out.module
+    if node is not None and len(node.outputs) == 1:
+        out = node.outputs[0]
+        if isinstance(out.module, _NORMS) and len(out.inputs) == 1:
+            return out.module
     return producer
+
+
+def _member(name: str, module: nn.Module, direction: str, width: int) -> GroupMember:
+    """Which parameters of ``module`` torch-pruning slices, and along which dimension."""
+    prefix = f"{name}." if name else ""
+    own = {k: p for k, p in module._parameters.items() if p is not None}
+    dims: dict[str, int | None]
+    if isinstance(module, _CONVS):
+        depthwise = module.groups == module.out_channels and module.out_channels > 1
+        weight_dim = 0 if (direction == "out" or depthwise) else 1
+        dims = {"weight": weight_dim, "bias": 0} if direction == "out" or depthwise else {"weight": weight_dim}
+    elif isinstance(module, _TRANSPOSED):
+        dims = {"weight": 1, "bias": 0} if direction == "out" else {"weight": 0}
+    elif isinstance(module, nn.Linear):
+        dims = {"weight": 0, "bias": 0} if direction == "out" else {"weight": 1}
+    elif isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.PReLU)):
+        dims = {"weight": 0, "bias": 0}
+    elif isinstance(module, nn.LayerNorm):
+        dims = {"weight": len(module.normalized_shape) - 1, "bias": len(module.normalized_shape) - 1}
+    elif isinstance(module, nn.Embedding):
+        dims = {"weight": 1}
+    else:
+        dims = {k: None for k in own}
+    return GroupMember(name, direction, {prefix + k: d for k, d in dims.items() if k in own}, width)

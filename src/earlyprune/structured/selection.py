@@ -1,19 +1,31 @@
-"""Which channels stay: a global ranking across groups with a per-group minimum so no layer vanishes."""
+"""Which channels stay: one global ranking across groups, with a per-group minimum so no layer vanishes.
+
+EarlyCroP's structured sparsity is node sparsity: the fraction of all prunable channels/neurons removed
+(Rachwan et al., ICML 2022). As in the official code (``SNAP.handle_pruning`` with ``CroPStructured``,
+``norm_factor = 1``), the raw importances of all groups are ranked together, with no per-group
+normalisation: a layer whose channels matter less to the loss or to the gradient flow loses more of them,
+which is the point of a global criterion. (SNAP divides by the total loss, a single scalar that does not
+change the ranking.) Differences from the official selection, both deliberate: the official code keeps
+every channel scoring >= the threshold (more than asked on ties) and adds back one channel to a layer
+left empty; here exactly ``round((1 - sparsity) * total)`` channels stay (ties broken by group, then
+channel index), with each group's minimum reserved first.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 
 from ..errors import PruningError
 from ..selection import check_sparsity
-from .groups import ChannelGroup
+from .groups import ChannelGroup, GroupPlan, as_groups
 
 
 def select_channels(
     importance: dict[int, torch.Tensor],
-    groups: list[ChannelGroup],
+    groups: GroupPlan | Sequence[ChannelGroup],
     sparsity: float,
     min_fraction: float = 0.0,
     min_channels: int = 1,
@@ -30,8 +42,13 @@ def select_channels(
     the group's next-best channels: widths like 8, 16, 24 run faster than 7 or 13 on oneDNN/cuDNN kernels,
     at the price of keeping slightly more than asked.
     """
+    groups = as_groups(groups)
     if multiple < 1:
         raise PruningError(f"multiple must be >= 1, got {multiple}")
+    if not 0.0 <= min_fraction <= 1.0:
+        raise PruningError(f"min_fraction must be in [0, 1], got {min_fraction}")
+    if min_channels < 0:
+        raise PruningError(f"min_channels must be >= 0, got {min_channels}")
     sparsity = check_sparsity(sparsity)
     sizes = {g.index: g.size for g in groups}
     for g in groups:

@@ -1,91 +1,90 @@
 """Physical removal of channels, with the caller's optimizer kept working.
 
-torch-pruning's per-group pruning slices every coupled tensor (conv out-channels, BatchNorm, the next
-layers' in-channels, flatten->Linear blocks) and replaces each Parameter with a new, smaller one (its
-``.grad`` sliced too). This module records exactly which indices each parameter kept, then uses that
-map to
+torch-pruning's per-group pruning slices every coupled tensor (conv out-channels, BatchNorm weights and
+running statistics, the next layers' in-channels, flatten->Linear blocks, residual-tied layers) and
+replaces each sliced Parameter with a new, smaller one (its ``.grad`` sliced too). This module records
+exactly which indices each parameter kept, then uses that map to
 
 * slice the optimizer in place: the old Parameter objects in ``param_groups`` are replaced by the new
-  ones and their per-parameter state (SGD momentum, Adam/AdamW moments) is sliced along the same
-  dimensions, so the caller's optimizer, and an LR scheduler holding it, go on;
-* slice unstructured masks applied to the same layers (:meth:`earlyprune.Masks.reindex`).
+  ones and their per-parameter state (SGD ``momentum_buffer``, Adam/AdamW ``exp_avg``, ``exp_avg_sq``,
+  ``max_exp_avg_sq``; scalar ``step`` kept) is sliced along the same dimensions, so the caller's
+  optimizer, and an LR scheduler holding it, go on as if the removed channels had never existed;
+* slice the unstructured masks applied to the model (:meth:`earlyprune.Masks.reindex`); other holders of
+  per-parameter tensors can do the same with :attr:`ShrinkResult.kept_indices`.
 
-Afterwards the model is plain and natively narrow: no hooks, masks or index operations are left in it.
+Afterwards the model is plain and natively narrow: no hooks, masks or index operations are left in it,
+so it runs as fast as the same architecture built at these widths from scratch.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
+from ..errors import PruningError
 from ..masks import applied_masks
-from .groups import GroupPlan
+from .groups import ChannelGroup, GroupPlan, as_groups, trace
 
+#: ``{parameter name: {dim: kept indices along dim, relative to the parameter before surgery}}``
 KeptIndices = dict[str, dict[int, torch.Tensor]]
 
 
 @dataclass
 class ShrinkResult:
-    """What surgery did: kept indices per changed parameter, sizes and layer widths before and after."""
+    """What surgery did.
+
+    ``kept_indices`` has an entry for every parameter whose shape changed (names as in
+    ``model.named_parameters()`` after surgery, which are the names before it): slicing the old tensor
+    with ``index_select(dim, index)`` for each entry gives the new one. ``kept_channels`` is the input
+    ``keep`` per group. Parameter counts and the output width of every Conv/Linear layer before and after.
+    """
 
     kept_indices: KeptIndices
     params_before: int
     params_after: int
     widths_before: dict[str, int] = field(default_factory=dict)
     widths_after: dict[str, int] = field(default_factory=dict)
+    kept_channels: dict[int, torch.Tensor] = field(default_factory=dict)
 
-
-@contextlib.contextmanager
-def _recording_slices() -> Iterator[dict[int, tuple[nn.Parameter, int, torch.Tensor]]]:
-    """Record every parameter slice torch-pruning makes: id(new param) -> (old param, dim, kept indices)."""
-    record: dict[int, tuple[nn.Parameter, int, torch.Tensor]] = {}
-    base = tp.pruner.function.BasePruningFunc
-    original = base._prune_parameter_and_grad
-
-    def recording(self, weight, keep_idxs, pruning_dim):
-        new = original(self, weight, keep_idxs, pruning_dim)
-        record[id(new)] = (weight, pruning_dim, torch.as_tensor(keep_idxs, dtype=torch.long))
-        return new
-
-    base._prune_parameter_and_grad = recording
-    try:
-        yield record
-    finally:
-        base._prune_parameter_and_grad = original
-
-
-def layer_widths(model: nn.Module) -> dict[str, int]:
-    """Output width of every Linear/Conv layer."""
-    widths = {}
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Linear):
-            widths[name] = m.out_features
-        elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            widths[name] = m.out_channels
-    return widths
+    def slice(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Slice per-parameter tensors (masks, scores, EMA weights...) keyed by parameter name alike."""
+        return {name: slice_like(t, self.kept_indices.get(name, {})) for name, t in tensors.items()}
 
 
 def shrink(
     model: nn.Module,
-    plan: GroupPlan,
-    keep: dict[int, torch.Tensor],
+    groups: GroupPlan | Sequence[ChannelGroup],
+    keep: Mapping[int, torch.Tensor],
     optimizer: torch.optim.Optimizer | None = None,
+    example_inputs: Any = None,
 ) -> ShrinkResult:
-    """Remove every channel not in ``keep`` (``{group index: kept indices}``) from ``model``, in place."""
-    before = {n: p for n, p in model.named_parameters()}
+    """Remove every channel not in ``keep`` (``{group index: kept channel indices}``) from ``model``, in place.
+
+    ``groups`` come from :func:`channel_groups` / :func:`build_groups` on this model as it is now. Groups
+    missing from ``keep`` stay whole. The traced graph the groups carry is used, unless ``example_inputs``
+    is given (then the model is traced again, e.g. for groups traced on a copy). With ``optimizer`` its
+    parameter references and state are sliced in place; applied :class:`earlyprune.Masks` are re-sliced.
+    """
+    group_list = as_groups(groups)
+    kept_channels = _check_keep(group_list, keep)
+    targets = _pruning_targets(model, group_list, example_inputs)
+    before = dict(model.named_parameters())
     params_before = sum(p.numel() for p in before.values())
     widths_before = layer_widths(model)
     with _recording_slices() as record:
-        for group, (root, handler) in zip(plan.groups, plan.roots):
-            kept = set(keep[group.index].tolist())
+        for group in group_list:
+            if group.index not in kept_channels:
+                continue
+            kept = set(kept_channels[group.index].tolist())
             remove = [i for i in range(group.size) if i not in kept]
             if remove:
-                plan.graph.get_pruning_group(root, handler, idxs=remove).prune()
+                graph, root, handler = targets[group.index]
+                graph.get_pruning_group(root, handler, idxs=remove).prune()
     after = dict(model.named_parameters())
     kept_indices = _compose(before, after, record)
     if optimizer is not None:
@@ -94,7 +93,97 @@ def shrink(
     if masks is not None:
         masks.reindex(model, kept_indices)
     return ShrinkResult(kept_indices, params_before, sum(p.numel() for p in after.values()), widths_before,
-                        layer_widths(model))
+                        layer_widths(model), kept_channels)
+
+
+def layer_widths(model: nn.Module) -> dict[str, int]:
+    """Output width of every Linear/Conv layer."""
+    widths = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            widths[name] = m.out_features
+        elif isinstance(m, nn.modules.conv._ConvNd):
+            widths[name] = m.out_channels
+    return widths
+
+
+def slice_like(tensor: torch.Tensor, dims: Mapping[int, torch.Tensor]) -> torch.Tensor:
+    """``tensor`` sliced with ``index_select`` along each ``{dim: kept indices}``."""
+    for dim, index in dims.items():
+        tensor = tensor.index_select(dim, index.to(tensor.device))
+    return tensor
+
+
+def _check_keep(groups: list[ChannelGroup], keep: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    sizes = {g.index: g.size for g in groups}
+    unknown = [k for k in keep if k not in sizes]
+    if unknown:
+        raise PruningError(f"keep names groups that are not given: {unknown[:5]}")
+    checked = {}
+    for index, kept in keep.items():
+        kept = torch.as_tensor(kept)
+        if kept.numel() == 0:
+            raise PruningError(f"keep[{index}] is empty: group {index} would vanish and cut the network")
+        if kept.dim() != 1 or kept.is_floating_point() or kept.dtype == torch.bool:
+            raise PruningError(f"keep[{index}] must be a 1-D tensor of integer channel indices")
+        kept = kept.long().cpu()
+        if int(kept.min()) < 0 or int(kept.max()) >= sizes[index]:
+            raise PruningError(f"keep[{index}] has indices outside [0, {sizes[index]})")
+        unique = torch.unique(kept)  # sorted
+        if unique.numel() != kept.numel():
+            raise PruningError(f"keep[{index}] has repeated indices")
+        checked[index] = unique
+    return checked
+
+
+def _pruning_targets(model: nn.Module, groups: list[ChannelGroup], example_inputs: Any) -> dict[int, tuple]:
+    """Per group: (traced graph, root module, out-channel pruning function), checked against the model."""
+    modules = dict(model.named_modules())
+    widths = layer_widths(model)
+    for g in groups:
+        width = widths.get(g.root)
+        if width != g.size:
+            raise PruningError(
+                f"group {g.index} (root {g.root!r}, {g.size} channels) does not match the model (now {width}): "
+                "groups are valid for the model as traced; trace again (channel_groups) after surgery"
+            )
+    if example_inputs is not None:
+        graph = trace(model, example_inputs)
+        return {g.index: (graph, modules[g.root], graph.get_pruner_of_module(modules[g.root]).prune_out_channels)
+                for g in groups}
+    graphs = {id(g.graph) for g in groups}
+    graph = groups[0].graph if groups else None
+    if graph is None or len(graphs) > 1 or getattr(graph, "model", None) is not model:
+        raise PruningError(
+            "the groups were not traced on this model (or come from several traces): pass example_inputs "
+            "to trace it again, or build the groups with channel_groups(model, example_inputs)"
+        )
+    return {g.index: (graph, modules[g.root], g.handler) for g in groups}
+
+
+@contextlib.contextmanager
+def _recording_slices() -> Iterator[dict[int, tuple[nn.Parameter, int, torch.Tensor]]]:
+    """Record every parameter slice torch-pruning makes: id(new param) -> (old param, dim, kept indices).
+
+    torch-pruning makes each new Parameter in one place, ``BasePruningFunc._prune_parameter_and_grad``;
+    wrapping it sees every slice, whatever the layer type. The new Parameter also gets the old one's
+    ``requires_grad`` (torch-pruning would make frozen parameters trainable).
+    """
+    record: dict[int, tuple[nn.Parameter, int, torch.Tensor]] = {}
+    base = tp.pruner.function.BasePruningFunc
+    original = base._prune_parameter_and_grad
+
+    def recording(self, weight, keep_idxs, pruning_dim):
+        new = original(self, weight, keep_idxs, pruning_dim)
+        new.requires_grad_(weight.requires_grad)
+        record[id(new)] = (weight, pruning_dim, torch.as_tensor(keep_idxs, dtype=torch.long).cpu())
+        return new
+
+    base._prune_parameter_and_grad = recording
+    try:
+        yield record
+    finally:
+        base._prune_parameter_and_grad = original
 
 
 def _compose(before: dict[str, nn.Parameter], after: dict[str, nn.Parameter], record) -> KeptIndices:
@@ -113,15 +202,10 @@ def _compose(before: dict[str, nn.Parameter], after: dict[str, nn.Parameter], re
             raise RuntimeError(f"surgery lost track of parameter {name}")
         dims: dict[int, torch.Tensor] = {}
         for dim, index in reversed(chain):  # oldest slice first
+            dim = dim % new.dim()
             dims[dim] = dims[dim][index] if dim in dims else index
         kept[name] = dims
     return kept
-
-
-def _slice(tensor: torch.Tensor, dims: dict[int, torch.Tensor]) -> torch.Tensor:
-    for dim, index in dims.items():
-        tensor = tensor.index_select(dim, index.to(tensor.device))
-    return tensor
 
 
 def _slice_optimizer(optimizer: torch.optim.Optimizer, before: dict[str, nn.Parameter],
@@ -136,6 +220,6 @@ def _slice_optimizer(optimizer: torch.optim.Optimizer, before: dict[str, nn.Para
             state = optimizer.state.pop(p, None)
             if state:
                 optimizer.state[new] = {
-                    k: (_slice(v, kept[name]) if isinstance(v, torch.Tensor) and v.shape == p.shape else v)
+                    k: (slice_like(v, kept[name]) if isinstance(v, torch.Tensor) and v.shape == p.shape else v)
                     for k, v in state.items()
                 }
