@@ -1,4 +1,4 @@
-"""Structured pruning on the CPU: training-step time and memory of the shrunk model, side by side with
+"""Structured pruning on the CPU or a GPU: training-step time and memory of the shrunk model, side by side with
 the dense model and with a natively narrow model of the same layer widths built from scratch.
 
 For each model and each fraction of channels removed (random channel importance, global ranking), every
@@ -11,7 +11,11 @@ which the shrunk one should match: ``vs native`` is the median ratio of shrunk t
 two models trained in one process with their steps interleaved so machine load hits both alike (1.00 = as
 fast; no hooks, masks or index operations are left behind by the surgery).
 
+On a GPU (``--device cuda``) steps are timed with ``torch.cuda.synchronize`` around them, and memory is the
+growth of ``torch.cuda.max_memory_allocated`` during training over what the model and data took before.
+
 Usage: python benchmarks/bench_structured.py [--models resnet20 vgg16:0.25] [--steps 20] [--threads 2]
+       [--device cuda]
 """
 
 from __future__ import annotations
@@ -61,49 +65,68 @@ def rebuilt_from_scratch(model: nn.Module) -> nn.Module:
     return model
 
 
-def measure(spec: str, sparsity: float, variant: str, steps: int, batch: int, threads: int) -> dict:
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(spec: str, sparsity: float, variant: str, steps: int, batch: int, threads: int,
+            device: str = "cpu") -> dict:
     """Run in a fresh process: time and memory of training steps of one variant."""
     import earlyprune as ep
 
     torch.set_num_threads(threads)
-    model = build(spec, sparsity, variant)
+    device = torch.device(device)
+    model = build(spec, sparsity, variant).to(device)
     rep = ep.report(model)
-    x = torch.randn(batch, *model.input_shape)
-    y = torch.randint(0, 10, (batch,))
+    x = torch.randn(batch, *model.input_shape, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        allocated_before = torch.cuda.memory_allocated(device)
     times = []
     for i in range(steps + 3):
+        sync(device)
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
+        sync(device)
         if i >= 3:
             times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    train_mem = (peak - rss_before) / 1024
+    if device.type == "cuda":
+        train_mem = (torch.cuda.max_memory_allocated(device) - allocated_before) / 2**20
     return {"params": rep.params, "flops": rep.flops, "step_ms": 1e3 * statistics.median(times),
-            "train_mem_mb": (peak - rss_before) / 1024, "peak_rss_mb": peak / 1024}
+            "train_mem_mb": train_mem, "peak_rss_mb": peak / 1024}
 
 
-def paired(spec: str, sparsity: float, steps: int, batch: int, threads: int) -> dict:
+def paired(spec: str, sparsity: float, steps: int, batch: int, threads: int, device: str = "cpu") -> dict:
     """Shrunk vs natively narrow in one process, steps interleaved (order alternating): median time ratio."""
     import copy
 
     torch.set_num_threads(threads)
+    device = torch.device(device)
     shrunk = build(spec, sparsity, "shrunk")
-    native = rebuilt_from_scratch(copy.deepcopy(shrunk))
-    x = torch.randn(batch, *shrunk.input_shape)
-    y = torch.randint(0, 10, (batch,))
+    native = rebuilt_from_scratch(copy.deepcopy(shrunk)).to(device)
+    shrunk.to(device)
+    x = torch.randn(batch, *shrunk.input_shape, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
     runs = []
     for model in (shrunk, native):
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         runs.append((model, optimizer))
 
     def step(model, optimizer) -> float:
+        sync(device)
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
+        sync(device)
         return time.perf_counter() - start
 
     ratios = []
@@ -117,9 +140,9 @@ def paired(spec: str, sparsity: float, steps: int, batch: int, threads: int) -> 
 
 def run_isolated(spec: str, sparsity: float, variant: str, args) -> dict:
     if variant == "paired":
-        call = f"paired({spec!r}, {sparsity}, {args.steps}, {args.batch}, {args.threads})"
+        call = f"paired({spec!r}, {sparsity}, {args.steps}, {args.batch}, {args.threads}, {args.device!r})"
     else:
-        call = f"measure({spec!r}, {sparsity}, {variant!r}, {args.steps}, {args.batch}, {args.threads})"
+        call = f"measure({spec!r}, {sparsity}, {variant!r}, {args.steps}, {args.batch}, {args.threads}, {args.device!r})"
     code = (f"import json, sys; sys.path.insert(0, 'benchmarks'); from bench_structured import measure, paired; "
             f"print(json.dumps({call}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -133,8 +156,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, median of {args.steps} steps")
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{args.threads} CPU threads"
+    print(f"torch {torch.__version__}, {where}, batch {args.batch}, median of {args.steps} steps")
     header = (f"{'model':<12}{'removed':>8}{'variant':>9}{'params':>11}{'FLOPs x':>9}{'ms/step':>9}"
               f"{'speedup':>9}{'% ideal':>9}{'train MB':>10}{'vs native':>11}")
     print(header)

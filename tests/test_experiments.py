@@ -163,6 +163,24 @@ def test_two_workers_writing_at_once_lose_nothing(tmp_path):
         assert store.add({"key": "w0-0", "curve": []}) is False  # never twice
 
 
+def _appender(path: str, worker: int, count: int) -> None:
+    for i in range(count):
+        append_record(path, {"worker": worker, "i": i})
+
+
+def test_parallel_runs_appending_to_one_jsonl_lose_no_record(tmp_path):
+    path = str(tmp_path / "runs.jsonl")
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_appender, args=(path, w, 60)) for w in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+        assert w.exitcode == 0
+    seen = sorted((r["worker"], r["i"]) for r in read_records(path))
+    assert seen == [(w, i) for w in range(3) for i in range(60)]
+
+
 def test_report_writes_markdown_and_plots(tmp_path):
     with ResultsStore(tmp_path) as store:
         for method, sparsity in [("dense", 0.0), ("snip", 0.9), ("snip", 0.99), ("random", 0.9)]:

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .criteria._context import model_device, model_dtype, to_device
 from .distributed import average_across_ranks
 from .errors import PruningError
 from .metrics import report
@@ -102,7 +103,7 @@ class ActivationDensityPruner:
                 "be hooked); use nn.ReLU() modules"
             )
         self.model = model
-        self.example_inputs = example_inputs
+        self.example_inputs = to_device(example_inputs, model_device(model), model_dtype(model))
         self.optimizer = optimizer
         self.prune_every = prune_every
         self.min_fraction = min_fraction

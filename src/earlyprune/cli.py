@@ -56,7 +56,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config_from(args)
     from .distributed import rank
 
-    record = run_experiment(config, data_dir=args.data_dir, cache_dir=args.cache_dir, threads=args.threads)
+    if args.skip_existing:
+        if not args.store:
+            raise SystemExit("--skip-existing looks the run up in the results store: add --store DIR")
+        from .experiments.store import ResultsStore
+
+        with ResultsStore(args.store) as store:
+            if config.key() in store.keys():
+                print(f"run {config.key()} is already in {args.store}: skipped")
+                return 0
+    record = run_experiment(config, data_dir=args.data_dir, cache_dir=args.cache_dir, threads=args.threads,
+                            device=args.device)
     if rank() != 0:
         return 0  # under torchrun only rank 0 writes results
     out = Path(args.out)
@@ -84,7 +94,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .experiments.sweep import run_sweep
 
     return run_sweep(args.config, results_dir=args.results, jobs=args.jobs, dry_run=args.dry_run,
-                     data_dir=args.data_dir)
+                     data_dir=args.data_dir, device=args.device)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -107,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="results/runs.jsonl", help="JSON-lines file the record is appended to")
     run.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     run.add_argument("--store", default=None, help="also add the record to the results store in this directory")
+    run.add_argument("--skip-existing", action="store_true",
+                     help="do nothing if a run with the same settings is already in --store (resuming a script)")
+    run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available; default)")
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="compare every method on the embedded MNIST sample (about 2 minutes)")
@@ -121,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
     sweep.add_argument("--dry-run", action="store_true", help="list the cells that would run")
     sweep.add_argument("--data-dir", default=None)
+    sweep.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available; default)")
     sweep.set_defaults(func=cmd_sweep)
 
     rep = sub.add_parser("report", help="tables and plots of a results directory")

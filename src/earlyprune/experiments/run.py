@@ -24,11 +24,18 @@ def run_experiment(
     cache_dir: str | None = None,
     progress: bool | None = None,
     threads: int | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
-    """Run ``config`` and return its record. Deterministic on the CPU for a given seed."""
+    """Run ``config`` and return its record. Deterministic on the CPU for a given seed.
+
+    ``device`` is where the model trains: ``"cpu"`` (default), ``"cuda"``, ``"cuda:1"``…, or ``"auto"``
+    (CUDA when available). Under torchrun on GPUs each process takes ``cuda:LOCAL_RANK``. The device is
+    recorded but not part of the run's key.
+    """
     if threads:
         torch.set_num_threads(threads)
     distributed = init_from_environment()  # started by torchrun: one shard of the data per process
+    target = resolve_device(device)
     shard = {"num_replicas": world_size(), "rank": rank()}
     torch.manual_seed(config.seed)
     train_split, test_split = load_dataset(config.dataset, data_dir=data_dir, cache_dir=cache_dir)
@@ -39,6 +46,7 @@ def run_experiment(
         in_channels=train_split.input_shape[0], input_size=train_split.input_shape[1],
     )
     model.input_shape = tuple(train_split.input_shape)
+    model.to(target)
     train_loader = train_split.loader(config.batch_size, shuffle=True, augment=config.augment, seed=config.seed,
                                       **shard)
     test_loader = test_split.loader(500, shuffle=False, augment=False)
@@ -73,7 +81,10 @@ def run_experiment(
         on_epoch_end, events = epoch_callback(config, model, train_split, record)
 
     on_epoch_end = _counting_training_flops(on_epoch_end, model, len(train_split), record)
-    trained = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    trained = model
+    if distributed:
+        ids = [target.index] if target.type == "cuda" else None
+        trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     result = train(trained, train_loader, test_loader, recipe, on_epoch_end=on_epoch_end,
                    description=f"{config.method} {config.sparsity}")
     final = report(model)
@@ -99,6 +110,25 @@ def run_experiment(
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
     return record
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``None``/``"cpu"`` -> CPU; ``"auto"`` -> CUDA if available; a bare ``"cuda"`` under torchrun -> the
+    process's ``cuda:LOCAL_RANK``. Asking for CUDA where there is none is an error that says so."""
+    import os
+
+    name = (device or "cpu").lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} asked for, but this torch sees no CUDA device: use --device cpu")
+        if name == "cuda":
+            name = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    try:
+        return torch.device(name)
+    except RuntimeError as error:
+        raise RuntimeError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from error
 
 
 def _counting_training_flops(callback, model, examples: int, record: dict[str, Any]):

@@ -114,18 +114,22 @@ def _where(path: Path, text: str, key: str, message: str) -> str:
     return f"{path}: {message}"
 
 
-def _run_cell(config: RunConfig, results_dir: str, data_dir: str | None, threads: int) -> tuple[str, float | None]:
+def _run_cell(config: RunConfig, results_dir: str, data_dir: str | None, threads: int,
+              device: str | None = None) -> tuple[str, float | None]:
     from .run import run_experiment
 
-    record = run_experiment(config, data_dir=data_dir, progress=False, threads=threads)
+    record = run_experiment(config, data_dir=data_dir, progress=False, threads=threads, device=device)
     with ResultsStore(results_dir) as store:
         store.add(record)
     return config.key(), record.get("final_accuracy")
 
 
 def run_sweep(config_path: str | Path, results_dir: str | None = None, jobs: int = 1, dry_run: bool = False,
-              data_dir: str | None = None) -> int:
-    """Run every cell of the sweep not yet in the store; returns a process exit code."""
+              data_dir: str | None = None, device: str | None = None) -> int:
+    """Run every cell of the sweep not yet in the store; returns a process exit code.
+
+    ``device`` is passed to every cell (see :func:`.run.run_experiment`); with ``jobs > 1`` on one GPU the
+    workers share it."""
     cells, configured = load_sweep(config_path)
     results = results_dir or configured
     if not results:
@@ -143,13 +147,13 @@ def run_sweep(config_path: str | Path, results_dir: str | None = None, jobs: int
     started = time.perf_counter()
     if jobs <= 1:
         for index, cell in enumerate(pending, 1):
-            key, accuracy = _run_cell(cell, results, data_dir, threads)
+            key, accuracy = _run_cell(cell, results, data_dir, threads, device)
             _progress(index, len(pending), cell, accuracy, started)
         return 0
     import multiprocessing
 
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_run_cell, c, results, data_dir, threads): c for c in pending}
+        futures = {pool.submit(_run_cell, c, results, data_dir, threads, device): c for c in pending}
         for index, future in enumerate(as_completed(futures), 1):
             _, accuracy = future.result()
             _progress(index, len(pending), futures[future], accuracy, started)
