@@ -70,7 +70,8 @@ def test_append_record_never_tears_existing_records(tmp_path, monkeypatch):
         append_record(path, {"a": 2})
     monkeypatch.undo()
     assert [r["a"] for r in read_records(path)] == [1]
-    assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
+    left = {p.name for p in tmp_path.iterdir()} - {"r.jsonl.lock"}  # the lock file of parallel appends stays
+    assert left == {"r.jsonl"}  # no temp file left behind
 
 
 def write_config(path: Path, results: Path, methods=("random", "magnitude"), sparsities=(0.5, 0.9), seeds=(0, 1)):
@@ -189,9 +190,18 @@ def test_report_writes_markdown_and_plots(tmp_path):
                            "method": method, "sparsity": sparsity, "seed": seed, "when": "init",
                            "final_accuracy": 0.9 + 0.01 * seed, "nonzero_params": 1000, "effective_flops": 1e6,
                            "train_seconds": 10.0, "scoring_seconds": 1.0, "achieved_sparsity": sparsity})
+        # a method without a sparsity target (its recorded sparsity is a default and means nothing)
+        store.add({"key": "ad", "dataset": "mnist", "model": "lenet5", "method": "activation_density",
+                   "sparsity": 0.9, "seed": 0, "when": "init", "structured": False, "final_accuracy": 0.8,
+                   "nonzero_params": 100, "effective_flops": 1e5, "train_seconds": 5.0, "achieved_sparsity": 0.95,
+                   "training_flops": 3e15})
     assert main(["report", str(tmp_path)]) == 0
     text = (tmp_path / "report.md").read_text()
     assert "| snip | 90.50 ± 0.71 | 90.50 ± 0.71 |" in text
     assert "Dense reference: 90.50 ± 0.71%" in text
+    assert "| activation_density |" not in text.split("Size, cost")[0]  # not in the by-target table
+    assert "activation_density (no target; it reached 95.00% weight sparsity): accuracy (%) 80.00" in text
+    assert "| activation_density | 95% | 80.00 ± 0.00 (n=1) | 100 | 0.100 | 3.0000 | 5.0 |" in text
+    assert (tmp_path / "accuracy_vs_training_flops.png").stat().st_size > 0
     for name in ("accuracy_vs_sparsity.png", "accuracy_vs_time.png", "results.csv", "results.jsonl"):
         assert (tmp_path / name).stat().st_size > 0

@@ -39,6 +39,7 @@ def epoch_callback(config: RunConfig, model: nn.Module, train_split: Any, record
             record["scoring_seconds"] = record.get("scoring_seconds", 0.0) + event.seconds
             if not config.structured:
                 record["collapsed"] = pruner.result.info["collapsed"]
+                record["mask_sparsity"] = pruner.result.sparsity()
             elif isinstance(model, nn.parallel.DistributedDataParallel):
                 return rewrap(model)  # DDP holds the old parameters: wrap the shrunk module anew
         return None

@@ -89,7 +89,9 @@ def run_experiment(
                    description=f"{config.method} {config.sparsity}")
     final = report(model)
     record.update(
-        achieved_sparsity=(masks.sparsity() if masks is not None else 1.0 - final.nonzero / max(1, dense.params)),
+        # weight sparsity of the masks where there are masks, else the fraction of parameters removed
+        achieved_sparsity=(masks.sparsity() if masks is not None else
+                           record.pop("mask_sparsity", 1.0 - final.nonzero / max(1, dense.params))),
         params=final.params,
         nonzero_params=final.nonzero,
         flops=final.flops,
