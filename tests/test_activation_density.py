@@ -100,6 +100,21 @@ def test_resizing_during_training_keeps_training_and_stops():
     assert torch.isfinite(model(x)).all()
 
 
+def test_no_resize_after_the_last_epoch():
+    torch.manual_seed(0)
+    model = models.create("lenet5")
+    x, y = torch.randn(16, *model.input_shape), torch.arange(16) % 10
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    pruner = ActivationDensityPruner(model, x[:1], optimizer=optimizer, prune_every=1, stop_below=0.0, last_epoch=2)
+    for epoch in range(1, 6):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        pruner.epoch_end(epoch)
+    assert [e.epoch for e in pruner.events] == [1, 2]  # ReLU layers near half dense shrink every epoch until 2
+    assert pruner.stopped
+
+
 def test_other_activations_and_functional_relu_are_refused():
     with pytest.raises(ep.PruningError, match="GELU"):
         ActivationDensityPruner(nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 2)), torch.randn(1, 4))

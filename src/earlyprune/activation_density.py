@@ -17,7 +17,10 @@ Choices where the paper is silent (documented and tested):
 * residual-tied channels (one group) are decided together: their density pools the counts of every ReLU
   that reads the group's channels (e.g. the stem ReLU and each block's output ReLU of a ResNet stage);
 * stopping: once a resize shrinks no layer by more than ``stop_below`` (default 5%) of its width, resizing
-  stops;
+  stops; and no resize happens after ``last_epoch`` (if given), so the final widths get the rest of
+  training to recover. ReLU layers often stay near half dense after each resize, so without a last
+  epoch the widths keep halving: ``earlyprune run`` sets ``last_epoch`` to half the epochs (the same
+  cap as its EarlyCroP trigger);
 * only ReLU: "non-zero" is exact for ReLU outputs. Models with other activation modules (GELU, SiLU, Tanh,
   Sigmoid, LeakyReLU, ELU, ...) are refused, as are models that apply ReLU functionally (no module to
   hook); a group that no ReLU reads keeps its width.
@@ -76,6 +79,7 @@ class ActivationDensityPruner:
         prune_every: epochs between resizes.
         min_fraction / min_channels: the smallest width a layer may reach.
         stop_below: stop resizing once no layer shrinks by more than this fraction.
+        last_epoch: no resize after this epoch (None: no limit).
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class ActivationDensityPruner:
         min_fraction: float = 0.05,
         min_channels: int = 1,
         stop_below: float = 0.05,
+        last_epoch: int | None = None,
     ):
         if prune_every < 1:
             raise PruningError(f"prune_every must be >= 1, got {prune_every}")
@@ -109,6 +114,7 @@ class ActivationDensityPruner:
         self.min_fraction = min_fraction
         self.min_channels = min_channels
         self.stop_below = stop_below
+        self.last_epoch = last_epoch
         self.events: list[ResizeEvent] = []
         self.stopped = False
         self._epochs_since = 0
@@ -179,6 +185,9 @@ class ActivationDensityPruner:
             self.optimizer = optimizer
         self._epochs_since += 1
         epoch = epoch if epoch is not None else len(self.events) + self._epochs_since
+        if self.last_epoch is not None and epoch > self.last_epoch:
+            self.stopped = True
+            self.remove_hooks()  # nothing more to measure
         if self.stopped or self._epochs_since < self.prune_every:
             return None
         self._epochs_since = 0

@@ -56,7 +56,8 @@ def _activation_density(config: RunConfig, model: nn.Module, scoring_batches, re
     def on_epoch_end(epoch: int, model: nn.Module, optimizer):
         if "pruner" not in state:  # built lazily: it needs the training optimizer
             state["pruner"] = ActivationDensityPruner(unwrap(model), scoring_batches[0][0][:1], optimizer=optimizer,
-                                                      prune_every=config.prune_every)
+                                                      prune_every=config.prune_every,
+                                                      last_epoch=max(1, config.epochs // 2))
             # The first epoch's activations were not seen; measure from now on.
             return None
         event = state["pruner"].epoch_end(epoch, optimizer=optimizer)
