@@ -77,8 +77,9 @@ def rewrap(ddp_model: nn.parallel.DistributedDataParallel, **kwargs: Any) -> nn.
     return nn.parallel.DistributedDataParallel(module, **kwargs)
 
 
-def init_from_environment() -> bool:
-    """Initialise the default process group when started by ``torchrun`` (gloo on CPU, nccl on GPU).
+def init_from_environment(backend: str | None = None) -> bool:
+    """Initialise the default process group when started by ``torchrun``: ``backend`` if given, else
+    nccl where CUDA is available and gloo otherwise (gloo for models trained on the CPU).
 
     Returns True if a multi-process group is (now) active.
     """
@@ -86,7 +87,7 @@ def init_from_environment() -> bool:
         return True
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend)

@@ -34,8 +34,9 @@ def run_experiment(
     """
     if threads:
         torch.set_num_threads(threads)
-    distributed = init_from_environment()  # started by torchrun: one shard of the data per process
     target = resolve_device(device)
+    # started by torchrun: one shard of the data per process; nccl for GPUs, gloo for the CPU
+    distributed = init_from_environment("nccl" if target.type == "cuda" else "gloo")
     shard = {"num_replicas": world_size(), "rank": rank()}
     torch.manual_seed(config.seed)
     train_split, test_split = load_dataset(config.dataset, data_dir=data_dir, cache_dir=cache_dir)
