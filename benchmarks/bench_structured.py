@@ -70,6 +70,17 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed_step(model: nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Seconds of one training step (forward, backward, optimizer), the device synchronised around it."""
+    sync(x.device)
+    start = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    sync(x.device)
+    return time.perf_counter() - start
+
+
 def measure(spec: str, sparsity: float, variant: str, steps: int, batch: int, threads: int,
             device: str = "cpu") -> dict:
     """Run in a fresh process: time and memory of training steps of one variant."""
@@ -88,14 +99,9 @@ def measure(spec: str, sparsity: float, variant: str, steps: int, batch: int, th
         allocated_before = torch.cuda.memory_allocated(device)
     times = []
     for i in range(steps + 3):
-        sync(device)
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-        sync(device)
+        elapsed = timed_step(model, optimizer, x, y)
         if i >= 3:
-            times.append(time.perf_counter() - start)
+            times.append(elapsed)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     train_mem = (peak - rss_before) / 1024
     if device.type == "cuda":
@@ -120,19 +126,10 @@ def paired(spec: str, sparsity: float, steps: int, batch: int, threads: int, dev
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         runs.append((model, optimizer))
 
-    def step(model, optimizer) -> float:
-        sync(device)
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-        sync(device)
-        return time.perf_counter() - start
-
     ratios = []
     for i in range(steps + 3):
         order = runs if i % 2 == 0 else runs[::-1]
-        times = {id(m): step(m, o) for m, o in order}
+        times = {id(m): timed_step(m, o, x, y) for m, o in order}
         if i >= 3:
             ratios.append(times[id(shrunk)] / times[id(native)])
     return {"ratio": statistics.median(ratios)}
