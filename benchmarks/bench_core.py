@@ -3,8 +3,10 @@
 1. Training-step time of a masked model (gradient hooks; and with the optimizer attached) relative to
    the same dense model: blocks of steps alternate between the variants so drift hits all equally.
 2. Time of one scoring call per method relative to one dense forward+backward on the same batch.
+3. Training-step time with activation-density hooks attached (counting non-zero ReLU outputs per
+   channel) relative to the same model without them.
 
-Usage: python benchmarks/bench_core.py [--threads 2] [--models lenet5 resnet20]
+Usage: python benchmarks/bench_core.py [--threads 2] [--models lenet5 resnet20] [--parts masking scoring density]
 Data are random tensors of the right shape: these are timings, not accuracies.
 """
 
@@ -73,6 +75,23 @@ def bench_masking(name: str, blocks: int, steps: int) -> None:
         print(f"{k:<18}{v * 1e3:>10.2f}{v / times['dense']:>8.3f}")
 
 
+def bench_density_hooks(name: str, blocks: int, steps: int) -> None:
+    torch.manual_seed(0)
+    shape = models.input_shape(name)
+    x, y = torch.randn(BATCH[name], *shape), torch.randint(0, 10, (BATCH[name],))
+    plain, hooked = models.create(name), models.create(name)
+    opt = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in [("plain", plain), ("hooked", hooked)]}
+    ep.ActivationDensityPruner(hooked, x[:1], optimizer=opt["hooked"])  # hooks stay on the model
+    times = interleaved_median(
+        {"no hooks": step_fn(plain, opt["plain"], x, y), "density hooks": step_fn(hooked, opt["hooked"], x, y)},
+        blocks, steps,
+    )
+    print(f"\n{name}, batch {BATCH[name]}: activation-density hooks (median of {blocks} blocks of {steps})")
+    print(f"{'variant':<18}{'ms/step':>10}{'ratio':>8}")
+    for k, v in times.items():
+        print(f"{k:<18}{v * 1e3:>10.2f}{v / times['no hooks']:>8.3f}")
+
+
 def bench_scoring(name: str, repeats: int) -> None:
     torch.manual_seed(0)
     shape = models.input_shape(name)
@@ -110,12 +129,17 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=7)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--parts", nargs="+", default=["masking", "scoring", "density"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads")
     for name in args.models:
-        bench_masking(name, args.blocks, args.steps)
-        bench_scoring(name, args.repeats)
+        if "masking" in args.parts:
+            bench_masking(name, args.blocks, args.steps)
+        if "scoring" in args.parts:
+            bench_scoring(name, args.repeats)
+        if "density" in args.parts:
+            bench_density_hooks(name, args.blocks, args.steps)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def test_density_from_hooks_equals_a_direct_count():
     torch.manual_seed(0)
     model = models.create("lenet5", width=0.5)
     x = torch.randn(6, *model.input_shape)
-    pruner = ActivationDensityPruner(model, x[:1])
+    pruner = ActivationDensityPruner(model, x[:1], count_every=1)
     model.train()
     model(x[:4])
     model(x[4:])
@@ -52,6 +52,20 @@ def test_density_from_hooks_equals_a_direct_count():
     model.eval()
     model(x)  # evaluation passes are not counted
     torch.testing.assert_close(pruner.channel_density()["conv1"], density["conv1"])
+
+
+def test_count_every_counts_only_every_kth_training_batch():
+    torch.manual_seed(0)
+    model = models.create("lenet5", width=0.5)
+    batches = [torch.randn(4, *model.input_shape) for _ in range(5)]
+    pruner = ActivationDensityPruner(model, batches[0][:1], count_every=2)
+    model.train()
+    for batch in batches:
+        model(batch)
+    counted = torch.cat([batches[0], batches[2], batches[4]])  # forward passes 0, 2, 4
+    with torch.no_grad():
+        a1 = model.relu1(model.conv1(counted))
+    torch.testing.assert_close(pruner.channel_density()["conv1"], (a1 != 0).double().mean(dim=(0, 2, 3)))
 
 
 def test_dead_channels_are_removed_and_nothing_else_and_outputs_are_kept():
@@ -105,7 +119,8 @@ def test_no_resize_after_the_last_epoch():
     model = models.create("lenet5")
     x, y = torch.randn(16, *model.input_shape), torch.arange(16) % 10
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    pruner = ActivationDensityPruner(model, x[:1], optimizer=optimizer, prune_every=1, stop_below=0.0, last_epoch=2)
+    pruner = ActivationDensityPruner(model, x[:1], optimizer=optimizer, prune_every=1, stop_below=0.0, last_epoch=2,
+                                     count_every=1)
     for epoch in range(1, 6):
         optimizer.zero_grad()
         F.cross_entropy(model(x), y).backward()
