@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -40,9 +41,25 @@ class ResultsStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / STORE_NAME
         self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._initialise()
+
+    def _initialise(self, patience: float = 60.0) -> None:
+        """WAL mode and the schema. Switching a new file to WAL needs the database to itself, and SQLite
+        answers "database is locked" at once (no busy wait) when another process opens it at the same
+        moment: retry with a short backoff until ``patience`` seconds have passed."""
+        deadline = time.monotonic() + patience
+        delay = 0.01
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(_SCHEMA)
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(0.5, delay * 2)
 
     def close(self) -> None:
         self._db.close()
