@@ -41,6 +41,30 @@ def test_run_writes_a_complete_record(tmp_path, capsys):
     assert 0.1 < record["final_accuracy"] <= 1.0
 
 
+def test_skip_existing_runs_nothing_when_the_store_has_the_run(tmp_path, capsys):
+    args = ["run", "--dataset", "mnist-sample", "--model", "lenet300", "--width", "0.25", "--method", "random",
+            "--sparsity", "0.5", "--epochs", "1", "--train-subset", "300", "--device", "cpu",
+            "--out", str(tmp_path / "runs.jsonl"), "--store", str(tmp_path)]
+    assert main(args + ["--skip-existing"]) == 0  # not there yet: runs
+    assert main(args + ["--skip-existing"]) == 0  # there: skipped
+    assert "skipped" in capsys.readouterr().out
+    assert len(list(read_records(tmp_path / "runs.jsonl"))) == 1
+    with pytest.raises(SystemExit, match="--store"):
+        main([a for a in args if a not in ("--store", str(tmp_path))] + ["--skip-existing"])
+
+
+def test_device_names_resolve_or_explain():
+    from earlyprune.experiments.run import resolve_device
+
+    assert resolve_device(None) == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(RuntimeError, match="cpu, cuda, cuda:N or auto"):
+        resolve_device("tpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="--device cpu"):
+            resolve_device("cuda")
+
+
 def test_same_seed_gives_identical_masks_and_first_epoch_loss():
     from earlyprune.train import TrainConfig, train
 
