@@ -54,6 +54,20 @@ def test_density_from_hooks_equals_a_direct_count():
     torch.testing.assert_close(pruner.channel_density()["conv1"], density["conv1"])
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_density_of_a_low_precision_model_is_counted_exactly(dtype):
+    torch.manual_seed(0)
+    model = models.create("lenet5", width=0.5).to(dtype)
+    x = torch.randn(8, *model.input_shape, dtype=dtype)  # 8 x 24 x 24 = 4608 outputs per conv1 channel
+    pruner = ActivationDensityPruner(model, x[:1], count_every=1)
+    model.train()
+    model(x)
+    with torch.no_grad():
+        a1 = model.relu1(model.conv1(x))
+    # A sum in float16 stops at 2048 and bfloat16 rounds above 256; the count must be exact.
+    torch.testing.assert_close(pruner.channel_density()["conv1"], (a1 != 0).double().mean(dim=(0, 2, 3)))
+
+
 def test_count_every_counts_only_every_kth_training_batch():
     torch.manual_seed(0)
     model = models.create("lenet5", width=0.5)
@@ -108,6 +122,8 @@ def test_resizing_during_training_keeps_training_and_stops():
         if epoch % 2:
             assert event is None
     assert len(pruner.events) == 1 and pruner.stopped  # every cut was below 99%: resizing stopped
+    hooked = [name for name, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks]
+    assert hooked == []  # and the rest of training runs without the counting hooks
     assert widths[0] == 4 and widths[-1] < 4
     event = pruner.events[0]
     assert event.params_after < event.params_before and event.widths_after["conv1"] == widths[-1]

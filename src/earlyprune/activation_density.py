@@ -167,7 +167,9 @@ class ActivationDensityPruner:
                 # ReLU outputs are >= 0, so sign() is exactly 1 where an output is non-zero and 0 elsewhere:
                 # its float sum is the count (exact in float32 up to 2**24 per channel and batch) and runs
                 # several times faster than counting booleans. Counts stay on the model's device (no sync).
-                exact = torch.float64 if per_channel_outputs > 2**24 else None
+                # The sum is always taken in float32 or wider: a float16/bfloat16 model's own dtype would
+                # round counts above 2048 (float16) or 256 (bfloat16).
+                exact = torch.float64 if per_channel_outputs > 2**24 else torch.float32
                 per_channel = torch.sign(output.detach()).sum(dim=dims, dtype=exact)
                 counts = self._counts.get(relu_name)
                 if counts is None:
@@ -248,16 +250,23 @@ class ActivationDensityPruner:
             self.stopped = True
         if all(len(keep[g.index]) == g.size for g in self._plan.groups):
             self._counts = {}
+            self._unhook_if_stopped()
             return None
         before = report(self.model, example_inputs=self.example_inputs)
         self.remove_hooks()
         result = shrink(self.model, self._plan, keep, optimizer=self.optimizer)
         self._rebuild()
+        self._unhook_if_stopped()
         after = report(self.model, example_inputs=self.example_inputs)
         event = ResizeEvent(epoch, {k: float(v.mean()) for k, v in density.items()}, result.widths_before,
                             result.widths_after, before.params, after.params, before.flops, after.flops)
         self.events.append(event)
         return event
+
+    def _unhook_if_stopped(self) -> None:
+        """Once resizing has stopped nothing more is measured, so training runs without the hooks."""
+        if self.stopped:
+            self.remove_hooks()
 
     def new_width(self, group: ChannelGroup, layer_density: float) -> int:
         original = self._original_sizes.get(group.producers[0], group.size)
