@@ -41,4 +41,4 @@ for seed in $SEEDS; do
 done | xargs -P "$JOBS" -L 1 $EARLYPRUNE run --dataset cifar10 --data-dir "$DATA" --model "$MODEL" \
   --width "$WIDTH" ${SUBSET:+--train-subset "$SUBSET"} --epochs "$EPOCHS" --batch-size 128 --lr 0.1 \
   --lr-schedule cosine --device "$DEVICE" --threads "$THREADS" --out "$OUT/runs.jsonl" --store "$OUT" --skip-existing \
-  > "$OUT/log.txt" 2>&1
+  >> "$OUT/log.txt" 2>&1

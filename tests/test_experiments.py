@@ -65,6 +65,19 @@ def test_device_names_resolve_or_explain():
             resolve_device("cuda")
 
 
+def test_under_torchrun_each_process_gets_its_own_gpu(monkeypatch):
+    from earlyprune.experiments.run import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # names only: nothing is allocated
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_device("cuda") == torch.device("cuda:1")
+    with pytest.raises(RuntimeError, match="same GPU"):
+        resolve_device("cuda:0")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+
+
 def test_same_seed_gives_identical_masks_and_first_epoch_loss():
     from earlyprune.train import TrainConfig, train
 
@@ -226,6 +239,7 @@ def test_report_writes_markdown_and_plots(tmp_path):
     assert "| activation_density |" not in text.split("Size, cost")[0]  # not in the by-target table
     assert "activation_density (no target; it reached 95.00% weight sparsity): accuracy (%) 80.00" in text
     assert "| activation_density | 95% | 80.00 ± 0.00 (n=1) | 100 | 0.100 | 3.0000 | 5.0 |" in text
+    assert "| random | 90% | 90.50 ± 0.71 | 1,000 | 1.000 | – | 11.0 |" in text  # not recorded: not 0
     assert (tmp_path / "accuracy_vs_training_flops.png").stat().st_size > 0
     for name in ("accuracy_vs_sparsity.png", "accuracy_vs_time.png", "results.csv", "results.jsonl"):
         assert (tmp_path / name).stat().st_size > 0

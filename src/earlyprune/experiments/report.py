@@ -66,10 +66,16 @@ def summarise(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[s
                     "effective_flops": statistics.fmean((r.get("effective_flops") or 0) for r in runs),
                     "seconds": statistics.fmean(r.get("train_seconds", 0) + r.get("scoring_seconds", 0) for r in runs),
                     "achieved_sparsity": statistics.fmean(r.get("achieved_sparsity", 0) for r in runs),
-                    "training_flops": statistics.fmean((r.get("training_flops") or 0) for r in runs),
+                    "training_flops": _mean_of_present(runs, "training_flops"),
                 }
         summary[setting] = rows
     return summary
+
+
+def _mean_of_present(runs: list[dict[str, Any]], key: str) -> float | None:
+    """Mean of ``key`` over the runs that recorded it (older records may lack it); None if none did."""
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.fmean(values) if values else None
 
 
 def markdown_tables(summary: dict[tuple[str, str], dict[str, Any]]) -> str:
@@ -110,7 +116,9 @@ def markdown_tables(summary: dict[tuple[str, str], dict[str, Any]]) -> str:
                 cell = by[s]
                 values = [variant, f"{100 * cell['achieved_sparsity']:.4g}%", _accuracy_cell(cell),
                           f"{cell['nonzero_params']:,.0f}", f"{cell['effective_flops'] / 1e6:.3f}"]
-                values += [f"{cell['training_flops'] / 1e15:.4f}"] if with_training_flops else []
+                if with_training_flops:
+                    flops = cell["training_flops"]
+                    values.append("–" if flops is None else f"{flops / 1e15:.4f}")
                 values += [f"{cell['seconds']:.1f}"]
                 parts.append("| " + " | ".join(values) + " |")
         parts.append("")
@@ -166,9 +174,12 @@ def plot_accuracy_vs(summary, key: str, label: str, path: Path, only_structured:
         for variant, by in summary[setting].items():
             if only_structured and "structured" not in variant and variant not in _NO_TARGET:
                 continue
-            xs = [by[s][key] / _SCALE.get(key, 1) for s in _ordered(by)]
-            ms = [by[s]["accuracy"][0] for s in _ordered(by)]
-            sds = [by[s]["accuracy"][1] for s in _ordered(by)]
+            measured = [s for s in _ordered(by) if by[s][key] is not None]
+            if not measured:
+                continue
+            xs = [by[s][key] / _SCALE.get(key, 1) for s in measured]
+            ms = [by[s]["accuracy"][0] for s in measured]
+            sds = [by[s]["accuracy"][1] for s in measured]
             ax.errorbar(xs, ms, yerr=sds, marker="s" if variant == DENSE else "o", linestyle="none", capsize=3,
                         label=variant)
         ax.set_xlabel(label)

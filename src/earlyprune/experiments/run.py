@@ -117,7 +117,8 @@ def run_experiment(
 
 def resolve_device(device: str | None) -> torch.device:
     """``None``/``"cpu"`` -> CPU; ``"auto"`` -> CUDA if available; a bare ``"cuda"`` under torchrun -> the
-    process's ``cuda:LOCAL_RANK``. Asking for CUDA where there is none is an error that says so."""
+    process's ``cuda:LOCAL_RANK``. Asking for CUDA where there is none, or for one ``cuda:N`` while torchrun
+    runs several processes on this machine, is an error that says so."""
     import os
 
     name = (device or "cpu").lower()
@@ -128,6 +129,11 @@ def resolve_device(device: str | None) -> torch.device:
             raise RuntimeError(f"device {device!r} asked for, but this torch sees no CUDA device: use --device cpu")
         if name == "cuda":
             name = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        elif int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
+            raise RuntimeError(
+                f"device {device!r} would put every torchrun process of this machine on the same GPU: "
+                "use --device cuda (or auto), which gives each process cuda:LOCAL_RANK"
+            )
     try:
         return torch.device(name)
     except RuntimeError as error:
