@@ -151,6 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PruningError, FileNotFoundError) as exc:
         print(f"earlyprune {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error of ours
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
