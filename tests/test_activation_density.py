@@ -160,3 +160,50 @@ def test_other_activations_and_functional_relu_are_refused():
 
     with pytest.raises(ep.PruningError, match="hooks nn.ReLU modules and the model has none"):
         ActivationDensityPruner(Functional(), torch.randn(1, 4))
+
+
+def test_epochs_are_counted_across_resizes_when_not_given():
+    torch.manual_seed(0)
+    model = models.create("lenet5")
+    x, y = torch.randn(16, *model.input_shape), torch.arange(16) % 10
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    pruner = ActivationDensityPruner(model, x[:1], optimizer=optimizer, prune_every=2, stop_below=0.0, last_epoch=6,
+                                     count_every=1)
+    for _ in range(10):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        pruner.epoch_end()  # no epoch given: the pruner counts the calls
+    assert [e.epoch for e in pruner.events] == [2, 4, 6] and pruner.stopped
+
+
+def test_a_relu_module_used_twice_is_refused_and_a_relu_after_a_concatenation_is_not_measured():
+    class Reused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2, self.fc3 = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+            self.relu = nn.ReLU()
+
+        def forward(self, x):
+            return self.fc3(self.relu(self.fc2(self.relu(self.fc1(x)))))
+
+    with pytest.raises(ep.PruningError, match="relu run.* more than once per forward pass"):
+        ActivationDensityPruner(Reused(), torch.randn(1, 4))
+
+    class Concat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 3, 3, padding=1), nn.Conv2d(1, 5, 3, padding=1)
+            self.relu = nn.ReLU()
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.head(self.relu(torch.cat([self.a(x), self.b(x)], 1)).mean((2, 3)))
+
+    model = Concat()
+    x = torch.randn(8, 1, 6, 6)
+    pruner = ActivationDensityPruner(model, x[:1], count_every=1)
+    model(x)
+    assert pruner.channel_density() == {}  # the 8-channel ReLU belongs to neither 3- nor 5-channel group
+    with pytest.raises(ep.PruningError, match="no activations were measured"):
+        pruner.resize(1)

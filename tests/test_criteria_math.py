@@ -144,6 +144,32 @@ def test_synflow_matches_closed_form_of_two_layer_linear_net():
     assert (model[0].weight < 0).any()
 
 
+def test_synflow_scores_in_eval_mode_with_abs_of_every_parameter_and_buffer():
+    """The official route by hand: a copy in eval mode whose parameters and BatchNorm buffers are all made
+    non-negative, an all-ones input, R = sum of outputs, score |θ ⊙ ∂R/∂θ|. Dropout in train mode or raw
+    (signed) running means would give other numbers."""
+    import copy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4, 3)).double()
+    model.train()
+    with torch.no_grad():  # non-trivial running statistics, some negative
+        model[1].running_mean.copy_(torch.tensor([0.5, -1.0, 2.0, -0.3]))
+        model[1].running_var.copy_(torch.tensor([0.5, 2.0, 1.5, 0.8]))
+        model[1].weight.copy_(torch.tensor([1.0, -0.5, 2.0, 0.7]))
+    scores = ep.score(model, "synflow", input_shape=(5,))
+    assert model.training and (model[0].weight < 0).any()  # the caller's model is untouched
+    linear = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for tensor in list(linear.parameters()) + [b for b in linear.buffers() if b.is_floating_point()]:
+            tensor.abs_()
+    flow = linear(torch.ones(1, 5, dtype=torch.float64)).sum()
+    flow.backward()
+    for name in ("0.weight", "4.weight"):
+        param = dict(linear.named_parameters())[name]
+        torch.testing.assert_close(scores[name], (param.grad * param).abs())
+
+
 def test_synflow_double_option_returns_float64_from_float32_model():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).float()

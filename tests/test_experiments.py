@@ -243,3 +243,30 @@ def test_report_writes_markdown_and_plots(tmp_path):
     assert (tmp_path / "accuracy_vs_training_flops.png").stat().st_size > 0
     for name in ("accuracy_vs_sparsity.png", "accuracy_vs_time.png", "results.csv", "results.jsonl"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize("extra, kind", [
+    (["--method", "crop", "--sparsity", "0.9", "--when", "epoch:2"], "early"),
+    (["--method", "crop", "--sparsity", "0.5", "--when", "early", "--structured"], "structured"),
+    (["--method", "activation_density", "--prune-every", "1"], "density"),
+])
+def test_run_prunes_during_training_and_records_what_it_did(tmp_path, extra, kind):
+    out = tmp_path / "runs.jsonl"
+    code = main(["run", "--dataset", "mnist-sample", "--model", "lenet5", "--width", "0.5", "--epochs", "3",
+                 "--train-subset", "400", "--batch-size", "50", "--out", str(out), *extra])
+    assert code == 0
+    (record,) = list(read_records(out))
+    events = record["prune_events"]
+    assert len(events) >= 1
+    assert record["training_flops"] > 0 and record["curve"][-1]["epoch"] == 3
+    if kind == "early":
+        assert [e["epoch"] for e in events] == [2] and record["achieved_sparsity"] == pytest.approx(0.9, abs=1e-4)
+        assert record["nonzero_params"] < record["dense_params"] and record["params"] == record["dense_params"]
+    elif kind == "structured":
+        assert events[0]["epoch"] == 2  # EarlyCroP's trigger capped at half the epochs (at least 2)
+        assert record["params"] < record["dense_params"]
+    else:
+        # the width of every layer before and after each resize, and fewer parameters at the end
+        assert events[0]["epoch"] == 1 and set(events[0]["widths_before"]) == set(events[0]["widths_after"])
+        assert any(events[0]["widths_after"][k] < v for k, v in events[0]["widths_before"].items())
+        assert record["params"] < record["dense_params"]

@@ -172,14 +172,122 @@ def test_synflow_runs_100_rounds_by_default_and_offers_the_official_rule():
 def test_prune_from_a_loader_draws_class_balanced_set_for_grasp():
     torch.manual_seed(0)
     model = ConvMLP()
-    x = torch.randn(200, 1, 8, 8)
-    y = torch.arange(200) % 4
+    # Imbalanced labels: mostly class 0; class 3 appears only in the first batch, so a sampler that lost
+    # the first batch of this one-pass iterator (or took the first 40 examples) could not be balanced.
+    y = torch.zeros(200, dtype=torch.long)
+    y[:10] = 3
+    y[50:60], y[120:130] = 1, 2
+    x = torch.arange(200, dtype=torch.float32).view(200, 1, 1, 1).expand(200, 1, 8, 8).clone()  # x encodes its index
     loader = [(x[i : i + 25], y[i : i + 25]) for i in range(0, 200, 25)]
     seen = []
-    model.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].shape[0]))
+    model.register_forward_pre_hook(lambda m, inp: seen.append(inp[0][:, 0, 0, 0].long()))
     ep.prune(model, "grasp", 0.9, data=iter(loader), samples_per_class=10)
-    # 40 balanced samples scored as two halves of 20 (as the official code), after one probe for the classes.
-    assert set(seen[1:]) == {20}
+    scored = [ids for ids in seen if ids.numel() == 20]
+    assert scored, "GraSP should score two halves of 20 examples, as the official code does"
+    halves = scored[:2]
+    labels = [y[ids].tolist() for ids in halves]
+    # Sorted by class, split in two halves: classes 0 and 1 in the first, 2 and 3 in the second.
+    assert labels[0] == [0] * 10 + [1] * 10 and labels[1] == [2] * 10 + [3] * 10
+    # The first 10 of each class in loader order.
+    assert halves[0][:10].tolist() == list(range(10, 20))
+    assert halves[1][10:].tolist() == list(range(10))
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_scores_under_explicit_masks_equal_the_scores_of_the_zeroed_model(method):
+    torch.manual_seed(0)
+    model = ConvMLP()
+    data = batch_for(ConvMLP.input_shape, n=16)
+    g = torch.Generator().manual_seed(1)
+    masks = {n: torch.rand(p.shape, generator=g) > 0.5 for n, p in model.named_parameters() if n.endswith("weight")
+             and p.dim() > 1}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    under_masks = ep.score(model, method, data, masks=masks)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters()), "scoring changed the weights"
+    zeroed = ConvMLP()
+    zeroed.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for n, p in zeroed.named_parameters():
+            if n in masks:
+                p.mul_(masks[n])
+    # GraSP and CroP also restrict g to the surviving weights under masks (Hg with the masked gradient),
+    # ProsPr its inner SGD steps, so their reference is the zeroed model scored under the same masks (before
+    # the forward pass was masked too, even that differed); the others need no masks there.
+    restricted = method in ("grasp", "crop", "prospr")
+    reference = ep.score(zeroed, method, data, masks=masks if restricted else None)
+    for name, mask in masks.items():
+        assert torch.all(under_masks[name][~mask] == 0), f"{method}: pruned weights of {name} must score 0"
+        torch.testing.assert_close(under_masks[name][mask], reference[name][mask], rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("method", ["snip-it", "crop-it"])
+@pytest.mark.parametrize("sparsity", [0.9, 0.99])
+def test_exact_sparsity_for_the_iterative_variants(method, sparsity):
+    torch.manual_seed(0)
+    model = ConvMLP()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        masks = ep.prune(model, method, sparsity, data=batch_for(ConvMLP.input_shape, n=16))
+    assert masks.kept() == round((1 - sparsity) * masks.total())
+    assert masks.info["schedule"] == crop_it_schedule(sparsity) and len(masks.info["schedule"]) > 1
+
+
+def test_tied_weights_are_scored_pruned_and_stay_zero_through_training():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(8, 16)
+            self.shared = nn.Linear(16, 16)
+            self.out = nn.Linear(16, 4)
+
+        def forward(self, x):  # the shared layer is applied twice
+            return self.out(torch.relu(self.shared(torch.relu(self.shared(torch.relu(self.inp(x)))))))
+
+    torch.manual_seed(0)
+    model = Tied()
+    x, y = torch.randn(32, 8), torch.arange(32) % 4
+    snip = ep.score(model, "snip", (x, y))
+    # Independent route: autograd through both uses of the shared weight.
+    loss = nn.functional.cross_entropy(model(x), y)
+    grad = torch.autograd.grad(loss, model.shared.weight)[0]
+    torch.testing.assert_close(snip["shared.weight"], (grad * model.shared.weight).abs().detach())
+    masks = ep.prune(model, "snip", 0.8, data=(x, y))
+    assert masks.kept() == round(0.2 * masks.total())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    for _ in range(20):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    assert torch.all(model.shared.weight[~masks["shared.weight"]] == 0)
+
+
+def test_more_bad_input_gets_clear_errors():
+    model = ConvMLP()
+    data = batch_for(ConvMLP.input_shape, n=16)
+    with pytest.raises(ep.PruningError, match="temperature must be a number > 0"):
+        ep.prune(model, "grasp", 0.5, data=data, temperature=0)
+    with pytest.raises(ep.PruningError, match="temperature"):
+        ep.score(model, "grasp", data, temperature=-1.0)
+    with pytest.raises(ep.PruningError, match="iterations must be an integer"):
+        ep.prune(model, "synflow", 0.5, iterations=2.5)
+    with pytest.raises(ep.PruningError, match="steps must be an integer"):
+        ep.score(model, "prospr", data, steps=1.5)
+    with pytest.raises(ep.PruningError, match="iterations does not apply to 'snip-it'"):
+        ep.prune(model, "snip-it", 0.5, data=data, iterations=3)
+    with pytest.raises(ep.PruningError, match="needs rule='topk'"):
+        ep.prune(model, "magnitude", 0.5, rule="official", on_collapse="keep_min")
+    with pytest.raises(ep.PruningError, match=r"targets range over \[0, 9\] but the model gives 4 outputs"):
+        ep.score(model, "snip", (data[0], torch.arange(16) % 10))
+    # Numbers of any real type are sparsities.
+    import numpy as np
+
+    assert ep.prune(ConvMLP(), "magnitude", np.float32(0.5)).sparsity() == pytest.approx(0.5, abs=1e-3)
+    assert ep.prune(ConvMLP(), "magnitude", torch.tensor(0.25)).sparsity() == pytest.approx(0.25, abs=1e-3)
+    # Masks only remove weights: less sparsity than the model already has is refused, not ignored.
+    ep.prune(model, "magnitude", 0.9)
+    with pytest.raises(ep.PruningError, match="below the 0.9"):
+        ep.prune(model, "magnitude", 0.5)
+    assert ep.prune(model, "magnitude", 0.95).sparsity() == pytest.approx(0.95, abs=1e-3)
 
 
 def test_bad_input_gets_clear_errors():
@@ -188,7 +296,7 @@ def test_bad_input_gets_clear_errors():
     for bad in [-0.1, 1.0, 1.5, float("nan"), "0.5", None]:
         with pytest.raises(ep.PruningError, match="sparsity"):
             ep.prune(model, "random", bad)
-    with pytest.raises(ep.PruningError, match="known criteria: random, magnitude, snip"):
+    with pytest.raises(ep.PruningError, match="known methods: random, magnitude, snip, .*snip-it, crop-it, activation_density"):
         ep.prune(model, "snap", 0.5, data=data)
     with pytest.raises(ep.PruningError, match="no parameters"):
         ep.prune(nn.Sequential(nn.ReLU()), "random", 0.5)

@@ -47,3 +47,31 @@ def test_report_without_input_gives_sizes_and_no_flops():
     rep = ep.report(tiny())
     assert rep.flops is None and rep.params == 77
     assert "-" in str(rep)
+
+
+def test_a_module_with_its_own_parameters_and_children_is_counted_once_and_dict_batches_divide_out():
+    class Block(nn.Module):
+        """Own parameter (a learned offset, like a class token) beside a child layer."""
+
+        def __init__(self):
+            super().__init__()
+            self.offset = nn.Parameter(torch.zeros(6))
+            self.fc = nn.Linear(6, 6)
+
+        def forward(self, x):
+            return self.fc(x + self.offset)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = Block()
+            self.head = nn.Linear(6, 3)
+
+        def forward(self, batch):
+            return self.head(self.block(batch["x"]))
+
+    rep = ep.report(Net(), example_inputs={"x": torch.ones(5, 6)})
+    layers = {layer.name: layer for layer in rep.layers}
+    # By hand, per example: fc 2*6*6 = 72, head 2*6*3 = 36; the block itself does no matmul.
+    assert layers["block.fc"].flops == 72 and layers["head"].flops == 36 and layers["block"].flops == 0
+    assert rep.flops == 108 and rep.effective_flops == 108

@@ -110,7 +110,7 @@ class MLPNet(nn.Sequential):
 
 
 OWN = {"vgg_like": VGGLike, "resnet_like": ResNetLike, "concat": ConcatNet, "mlp": MLPNet}
-REFERENCE = ["vgg11", "resnet20", "lenet5", "lenet300"]
+REFERENCE = ["vgg11", "resnet20", "resnet18", "lenet5", "lenet300"]
 
 
 def make(name: str, seed: int = 0, n: int = 16):
@@ -598,3 +598,52 @@ def test_structured_bad_input():
     groups = channel_groups(model, x[:1])
     with pytest.raises(ep.PruningError, match="needs data"):
         channel_importance(model, "crop", None, groups)
+
+
+def test_structured_prune_on_a_schedule_rescores_each_round_and_composes_the_kept_indices(monkeypatch):
+    import earlyprune.structured.api as api
+    from earlyprune.selection import crop_it_schedule
+
+    model, x, y = make("vgg11")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    total = sum(g.size for g in channel_groups(model, x[:1]))
+    rounds = []
+    original = api.channel_importance
+
+    def counting(model_, method, batches, groups, **kwargs):
+        rounds.append(sum(g.size for g in groups))
+        return original(model_, method, batches, groups, **kwargs)
+
+    monkeypatch.setattr(api, "channel_importance", counting)
+    ep.prune(model, "crop", 0.75, data=(x, y), structured=True, schedule="crop-it")
+    schedule = crop_it_schedule(0.75)
+    # One rescoring per round, each on the model the previous round left, the first on the full model.
+    assert len(rounds) == len(schedule) and rounds[0] == total
+    assert rounds[1:] == sorted(rounds[1:], reverse=True) and rounds[1] == round(0.5 * total)
+    after = sum(g.size for g in channel_groups(model, x[:1]))
+    assert after == round(0.25 * total)
+    # The composed kept indices slice the original tensors into the final ones.
+    result = model.earlyprune_shrink
+    assert result.params_before == sum(t.numel() for t in before.values())
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(slice_like(before[name], result.kept_indices.get(name, {})), param.detach())
+
+
+def test_structured_early_pruner_prunes_on_the_crop_it_schedule_and_training_goes_on():
+    from earlyprune import EarlyPruner
+
+    model, x, y = make("resnet20")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    total = sum(g.size for g in channel_groups(model, x[:1]))
+    pruner = EarlyPruner(model, "crop", 0.5, (x, y), structured=True, optimizer=optimizer, at_epoch=2)
+    for epoch in (1, 2, 3):
+        for _ in range(2):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        event = pruner.step(epoch)
+        assert (event is not None) == (epoch == 2)
+    assert sum(g.size for g in channel_groups(model, x[:1])) == round(0.5 * total)
+    assert pruner.event.params_after < pruner.event.params_before
+    assert pruner.event.flops_after < pruner.event.flops_before
+    assert {id(p) for p in optimizer.param_groups[0]["params"]} == {id(p) for p in model.parameters()}

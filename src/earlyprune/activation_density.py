@@ -10,8 +10,8 @@ physical surgery and optimizer-state carry-over as structured EarlyCroP (:mod:`e
 
 Choices where the paper is silent (documented and tested):
 
-* data and averaging: the counts accumulate over the training batches since the last resize (the epoch
-  that just ended), in training mode, on every ``count_every``-th forward pass (default 4: the estimate
+* data and averaging: the counts accumulate over the training batches since the last resize (the
+  ``prune_every`` epochs that just ended), in training mode, on every ``count_every``-th forward pass (default 4: the estimate
   still rests on thousands of examples per epoch, and counting costs a quarter; 1 counts every batch);
   counting is one sign and one sum per ReLU output;
 * which channels go: those with the lowest per-channel density (most often zero);
@@ -25,7 +25,9 @@ Choices where the paper is silent (documented and tested):
   cap as its EarlyCroP trigger);
 * only ReLU: "non-zero" is exact for ReLU outputs. Models with other activation modules (GELU, SiLU, Tanh,
   Sigmoid, LeakyReLU, ELU, ...) are refused, as are models that apply ReLU functionally (no module to
-  hook); a group that no ReLU reads keeps its width.
+  hook) and models that run one ReLU module more than once per forward pass (its counts would mix
+  layers); a group that no ReLU reads, or read only by ReLUs over more channels than its own (after a
+  concatenation), keeps its width.
 """
 
 from __future__ import annotations
@@ -127,6 +129,7 @@ class ActivationDensityPruner:
         self.events: list[ResizeEvent] = []
         self.stopped = False
         self._epochs_since = 0
+        self._epoch = 0  # epochs seen (when epoch_end is not told the epoch)
         self._hooks: list[Any] = []
         self._counts: dict[str, _Counts] = {}
         self._original_sizes: dict[str, int] = {}
@@ -209,7 +212,7 @@ class ActivationDensityPruner:
         if optimizer is not None:
             self.optimizer = optimizer
         self._epochs_since += 1
-        epoch = epoch if epoch is not None else len(self.events) + self._epochs_since
+        self._epoch = epoch = epoch if epoch is not None else self._epoch + 1
         if self.last_epoch is not None and epoch > self.last_epoch:
             self.stopped = True
             self.remove_hooks()  # nothing more to measure
@@ -293,9 +296,14 @@ def relu_groups(model: nn.Module, plan: GroupPlan, example_inputs: Any) -> dict[
                 gate_fns[output.grad_fn] = group_name
         return hook
 
+    calls: dict[str, int] = {}
+    relu_channels: dict[str, int] = {}
+
     def relu_hook(relu_name: str):
         def hook(module, inputs, output):
+            calls[relu_name] = calls.get(relu_name, 0) + 1
             relu_inputs[relu_name] = inputs[0].grad_fn
+            relu_channels[relu_name] = output.shape[1] if output.dim() > 1 else 0
         return hook
 
     for group in plan.groups:
@@ -313,6 +321,14 @@ def relu_groups(model: nn.Module, plan: GroupPlan, example_inputs: Any) -> dict[
         model.train(was_training)
         for h in handles:
             h.remove()
+    reused = sorted(name for name, count in calls.items() if count > 1)
+    if reused:
+        raise PruningError(
+            f"activation-density pruning measures each nn.ReLU module as one layer, but {', '.join(reused)} "
+            "run(s) more than once per forward pass (e.g. torchvision's BasicBlock reuses self.relu), which would mix "
+            "the densities of different layers: give every use its own nn.ReLU module"
+        )
+    sizes = {g.producers[0]: g.size for g in plan.groups}
     mapping: dict[str, str] = {}
     for relu_name, start in relu_inputs.items():
         frontier, seen = [start], set()
@@ -322,7 +338,9 @@ def relu_groups(model: nn.Module, plan: GroupPlan, example_inputs: Any) -> dict[
                 continue
             seen.add(fn)
             if fn in gate_fns:
-                mapping[relu_name] = gate_fns[fn]
+                # A ReLU over more channels than the group (after a concatenation) is not this group's layer.
+                if relu_channels.get(relu_name) == sizes[gate_fns[fn]]:
+                    mapping[relu_name] = gate_fns[fn]
                 break
             if _has_parameter_input(fn):
                 break  # another layer with weights lies between: not one of our groups' channels

@@ -1,6 +1,7 @@
 """EarlyPruner: prune early in training, in the user's own loop (EarlyCroP, Rachwan et al., ICML 2022).
 
-Call :meth:`EarlyPruner.step` once per epoch (after the epoch's training). It watches the normalised
+Call :meth:`EarlyPruner.step` once per epoch (after the epoch's training), or every N training steps if
+you prefer finer checks: the pruner counts calls, so ``at_epoch``/``cap_epoch`` then count calls too. It watches the normalised
 weight distance (:mod:`earlyprune.schedules`), fires by EarlyCroP's rule, at a cap epoch, or at a fixed
 epoch, then prunes (iteratively, rescoring under the current mask, on EarlyCroP's schedule by default)
 with any criterion — ``crop`` by default — unstructured (masks) or structured (channels removed
@@ -58,7 +59,9 @@ class EarlyPruner:
         at_epoch: prune at this epoch instead of by the trigger.
         cap_epoch: prune at this epoch at the latest (the trigger may fire earlier).
         relative_threshold: the trigger's threshold as a fraction of d_2 (see :mod:`earlyprune.schedules`).
-        schedule: pruning schedule; default EarlyCroP's (``"crop-it"``); ``"exponential"`` for one shot.
+        schedule: pruning schedule, unstructured and structured alike: default EarlyCroP's (``"crop-it"``:
+            k_i = s − (s − 0.5)·0.5^i, then s, rescoring the masked or shrunk model each round);
+            ``"exponential"`` for one shot (or ``iterations`` rounds of d^(i/n), unstructured only).
         **prune_options: passed to :func:`earlyprune.prune` (scope, loss_fn, criterion options, ...).
     """
 
@@ -123,8 +126,7 @@ class EarlyPruner:
         before = report(self.model, example_inputs=example)
         start = time.perf_counter()
         options = dict(self.prune_options)
-        if not self.structured:
-            options["schedule"] = self.schedule
+        options["schedule"] = self.schedule
         self.result = prune(
             self.model, self.method, self.sparsity, self.data, structured=self.structured,
             optimizer=self.optimizer, **options,
@@ -133,7 +135,7 @@ class EarlyPruner:
         after = report(self.model, example_inputs=example)
         self.event = PruneEvent(
             self.epoch, self.sparsity, self.structured, before.params, after.params, before.nonzero,
-            after.nonzero, before.flops, after.effective_flops, seconds, reason,
+            after.nonzero, before.effective_flops, after.effective_flops, seconds, reason,
         )
         return self.event
 

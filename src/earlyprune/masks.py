@@ -190,7 +190,7 @@ class Masks(Mapping[str, torch.Tensor]):
 
     def _grad_hook(self, name: str):
         def hook(grad: torch.Tensor) -> torch.Tensor:
-            return grad * self._masks[name]
+            return grad * self._mask_on(name, grad.device)
 
         return hook
 
@@ -213,7 +213,7 @@ class Masks(Mapping[str, torch.Tensor]):
                         continue
                     for value in optimizer.state.get(p, {}).values():
                         if isinstance(value, torch.Tensor) and value.shape == p.shape:
-                            value.mul_(self._masks[name])
+                            value.mul_(self._mask_on(name, value.device))
         self._hooks.append(optimizer.register_step_post_hook(lambda *_: self.reapply()))
         self._optimizers.append(optimizer)
 
@@ -223,7 +223,14 @@ class Masks(Mapping[str, torch.Tensor]):
             return
         with torch.no_grad():
             for name, param in self._named_params().items():
-                param.mul_(self._masks[name])
+                param.mul_(self._mask_on(name, param.device))
+
+    def _mask_on(self, name: str, device: torch.device) -> torch.Tensor:
+        """The mask of ``name`` on ``device``, moved there once if the model moved after ``apply``."""
+        mask = self._masks[name]
+        if mask.device != device:
+            mask = self._masks[name] = mask.to(device)
+        return mask
 
     def detach(self) -> None:
         """Remove every hook this object registered; the weights stay as they are."""

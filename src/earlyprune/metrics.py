@@ -150,17 +150,39 @@ def _flops_per_module(model: nn.Module, example_inputs: Any, input_shape: Sequen
         if shape is None:
             return None
         example_inputs = torch.ones((1, *shape))
-    elif isinstance(example_inputs, torch.Tensor):
-        batch = max(1, example_inputs.shape[0])
+    else:
+        batch = _batch_size(example_inputs)
     inputs = to_device(example_inputs, model_device(model), model_dtype(model))
     counter = FlopCounterMode(display=False)
     with isolated(model, train=False), torch.no_grad(), counter:
         model(inputs)
     prefix = type(model).__name__
-    counts: dict[str, int] = {"": counter.get_total_flops() // batch}
+    inclusive: dict[str, int] = {}
     for key, ops in counter.get_flop_counts().items():
-        if key == prefix or key == "Global":
-            continue
         if key.startswith(prefix + "."):
-            counts[key[len(prefix) + 1:]] = sum(ops.values()) // batch
+            inclusive[key[len(prefix) + 1:]] = sum(ops.values())
+    # The counter's figure for a module includes its children's: keep each module's own part, so that a
+    # module with parameters of its own *and* children (a class token beside its blocks, attention with
+    # its projections) is not counted twice.
+    counts: dict[str, int] = {"": counter.get_total_flops() // batch}
+    for name in inclusive:
+        children = [other for other in inclusive if other.startswith(name + ".") and
+                    "." not in other[len(name) + 1:]]
+        counts[name] = max(0, inclusive[name] - sum(inclusive[c] for c in children)) // batch
     return counts
+
+
+def _batch_size(example_inputs: Any) -> int:
+    """Leading dimension of the first batched tensor in ``example_inputs`` (a tensor, dict, list or tuple)."""
+    return _first_leading_dim(example_inputs) or 1
+
+
+def _first_leading_dim(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.shape[0] if value.dim() else 0
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    for item in items:
+        size = _first_leading_dim(item)
+        if size:
+            return size
+    return 0

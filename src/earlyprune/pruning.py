@@ -3,6 +3,7 @@ apply; one-shot or iterative), and :func:`methods` (what is available, with its 
 
 from __future__ import annotations
 
+import itertools
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -117,7 +118,8 @@ def prune(
             sparsities ending at ``sparsity``. ``"snip-it"``/``"crop-it"`` methods use ``"crop-it"``.
         rule: ``"topk"`` (exact count) or ``"official"`` (SynFlow repository's ``<=`` threshold rule).
         structured: remove whole channels physically (see :mod:`earlyprune.structured`); returns the
-            (smaller) model instead of masks.
+            (smaller) model instead of masks. ``schedule`` applies (rounds of re-tracing and rescoring;
+            ``"crop-it"`` for EarlyCroP's), ``scope``/``iterations``/``rule`` do not.
         on_collapse: what to do with a layer pruned to nothing: ``"warn"``, ``"raise"``, ``"keep_min"``.
         min_per_layer: weights each layer keeps with ``on_collapse="keep_min"``.
         optimizer: when pruning mid-training, the optimizer whose state must respect the masks.
@@ -126,14 +128,14 @@ def prune(
     sparsity = check_sparsity(sparsity)
     model = unwrap(model)
     _reject_empty(model)
-    criterion_name, schedule = _resolve_method(method, schedule)
+    criterion_name, schedule = _resolve_method(method, schedule, iterations)
     criterion = get_criterion(criterion_name)
     if structured:
         from .structured.api import prune_structured
 
         return prune_structured(
             model, criterion.name, sparsity, data, optimizer=optimizer, loss_fn=loss_fn, seed=seed,
-            num_batches=num_batches, exclude=exclude, **options,
+            num_batches=num_batches, exclude=exclude, schedule=schedule, **options,
         )
 
     params = prunable_parameters(model, exclude=exclude)
@@ -148,6 +150,7 @@ def prune(
 
     existing = applied_masks(model)
     current = {n: m for n, m in existing.items() if n in params} if existing is not None else None
+    _refuse_lower_sparsity(current, params, sparsity)
     started = time.perf_counter()
     collapsed: list[str] = []
     for round_index, target in enumerate(targets):
@@ -194,8 +197,32 @@ def _reject_empty(model: nn.Module) -> None:
         raise PruningError("model has no parameters: " + _NO_PRUNABLE.split(": ", 1)[1])
 
 
-def _resolve_method(method: str, schedule: str | Sequence[float] | None) -> tuple[str, Any]:
-    if isinstance(method, str) and method.lower() in ITERATIVE_VARIANTS:
+def _refuse_lower_sparsity(
+    current: Mapping[str, torch.Tensor] | None, params: Mapping[str, nn.Parameter], sparsity: float
+) -> None:
+    """Masks only ever remove weights: asking for less sparsity than the model already has is an error."""
+    if not current:
+        return
+    total = sum(p.numel() for p in params.values())
+    pruned = sum(int((~current[n].bool()).sum()) for n in params if n in current)
+    if total and total - pruned < round((1.0 - sparsity) * total):
+        raise PruningError(
+            f"sparsity {sparsity} is below the {pruned / total:.6g} the model's applied masks already reach; "
+            "pruning never brings weights back: ask for a sparsity >= the current one, or prune a fresh model"
+        )
+
+
+def _resolve_method(
+    method: str, schedule: str | Sequence[float] | None, iterations: int | None = None
+) -> tuple[str, Any]:
+    if not isinstance(method, str) or method.lower() not in methods():
+        raise PruningError(f"unknown method {method!r}; known methods: {', '.join(methods())}")
+    if method.lower() in ITERATIVE_VARIANTS:
+        if iterations is not None:
+            raise PruningError(
+                f"iterations does not apply to {method!r}, whose rounds follow EarlyCroP's schedule; pass "
+                "schedule=[...] for other rounds, or use the plain criterion with iterations"
+            )
         criterion, variant_schedule = ITERATIVE_VARIANTS[method.lower()]
         return criterion, schedule if schedule is not None else variant_schedule
     if isinstance(method, str) and method.lower() == "activation_density":
@@ -229,7 +256,8 @@ def _scoring_batches(model: nn.Module, criterion: Any, data: Any, num_batches: i
     if is_batch_list(data):
         return as_batches(data)
     if criterion.class_balanced:
-        return _halves(class_balanced(data, samples_per_class, _num_classes(model, data)))
+        first, data = _peek(data)
+        return _halves(class_balanced(data, samples_per_class, _num_classes(model, first)))
     return first_batches(data, num_batches)
 
 
@@ -242,13 +270,22 @@ def _halves(batches: list) -> list:
     return [(inputs[:half], targets[:half]), (inputs[half:], targets[half:])]
 
 
-def _num_classes(model: nn.Module, loader: Any) -> int:
-    """Number of classes = width of the model's output on one example of the data."""
-    for inputs, _ in loader:
-        with isolated(model, train=False), torch.no_grad():
-            out = model(to_device(inputs[:1], model_device(model), model_dtype(model)))
-        return int(out.shape[-1])
-    raise PruningError("data is empty: the loader yielded no batches")
+def _num_classes(model: nn.Module, first_batch: Any) -> int:
+    """Number of classes = width of the model's output on the first batch of the data."""
+    inputs = first_batch[0]
+    with isolated(model, train=False), torch.no_grad():
+        out = model(to_device(inputs, model_device(model), model_dtype(model)))
+    return int(out.shape[-1])
+
+
+def _peek(loader: Any) -> tuple[Any, Any]:
+    """The first batch of ``loader`` and an iterable of all its batches, that first one included, that
+    walks ``loader`` only once (so one-pass iterators lose nothing)."""
+    iterator = iter(loader)
+    first = next(iterator, None)
+    if first is None:
+        raise PruningError("data is empty: the loader yielded no batches")
+    return first, itertools.chain([first], iterator)
 
 
 def _current_masks(

@@ -14,6 +14,7 @@ Weights already pruned (``current`` masks) stay pruned: their importance is trea
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -27,7 +28,9 @@ COLLAPSE_POLICIES = ("warn", "raise", "keep_min")
 
 def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
     """Return ``sparsity`` as a float, or raise if it is not a number in [0, 1)."""
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+    if isinstance(sparsity, torch.Tensor) and sparsity.numel() == 1 and sparsity.is_floating_point():
+        sparsity = sparsity.item()
+    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):  # numpy floats are Real
         raise PruningError(f"{name} must be a number in [0, 1), got {sparsity!r}")
     value = float(sparsity)
     if not (0.0 <= value < 1.0) or math.isnan(value):
@@ -80,6 +83,11 @@ def select(
         raise PruningError(f"rule must be one of {RULES}, got {rule!r}")
     if on_collapse not in COLLAPSE_POLICIES:
         raise PruningError(f"on_collapse must be one of {COLLAPSE_POLICIES}, got {on_collapse!r}")
+    if on_collapse == "keep_min" and rule == "official":
+        raise PruningError(
+            "on_collapse='keep_min' needs rule='topk': the official threshold rule cannot reserve a minimum "
+            "per layer; use rule='topk', or on_collapse='warn'/'raise' with the official rule"
+        )
     if not importance:
         raise PruningError("nothing to prune: the importance is empty (no prunable parameters)")
     check_importance(importance, {n: s.shape for n, s in importance.items()})
@@ -177,8 +185,8 @@ def reshape_like(flat_masks: Mapping[str, torch.Tensor], like: Mapping[str, torc
 
 def exponential_schedule(sparsity: float, iterations: int) -> list[float]:
     """SynFlow's schedule: density d^(i/n) after round i = 1..n, returned as sparsities."""
-    if iterations < 1:
-        raise PruningError(f"iterations must be >= 1, got {iterations}")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise PruningError(f"iterations must be an integer >= 1, got {iterations!r}")
     density = 1.0 - sparsity
     return [1.0 - density ** (i / iterations) for i in range(1, iterations + 1)]
 

@@ -117,30 +117,53 @@ def compute_importance(
 
 def _dispatch(model, method, params, data, masks, loss_fn, seed, criterion, options):
     with isolated(model, train=criterion.train_mode, seed=seed):
-        if method == "random":
-            return random_importance(params, seed=seed)
-        if method == "magnitude":
-            return magnitude_importance(params)
-        if method == "snip":
-            return snip_importance(model, params, data, loss_fn, masks=masks)
-        if method == "grasp":
-            return grasp_importance(
-                model, params, data, loss_fn, masks=masks,
-                temperature=options.get("temperature", DEFAULT_TEMPERATURE),
-            )
-        if method == "synflow":
-            return synflow_importance(
-                model, params, data, input_shape=options.get("input_shape"), double=options.get("double", False)
-            )
-        if method == "prospr":
-            return prospr_importance(
-                model, params, data, loss_fn, masks=masks,
-                steps=options.get("steps", DEFAULT_STEPS),
-                inner_lr=options.get("inner_lr", DEFAULT_INNER_LR),
-                fresh_batches=options.get("fresh_batches", False),
-            )
-        if method == "crop":
-            return crop_importance(model, params, data, loss_fn, masks=masks)
+        if masks:
+            # Score the network the masks define: pruned weights are zero in the forward pass too (the
+            # caller's weights are restored on leaving `isolated`), and pruned weights get importance 0.
+            _zero_pruned(params, masks)
+            importance = _importance(model, method, params, data, masks, loss_fn, seed, options)
+            return {n: _masked(score, masks.get(n)) for n, score in importance.items()}
+        return _importance(model, method, params, data, masks, loss_fn, seed, options)
+
+
+def _zero_pruned(params: Mapping[str, nn.Parameter], masks: Mapping[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, param in params.items():
+            if name in masks:
+                param.mul_(masks[name].to(device=param.device, dtype=param.dtype))
+
+
+def _masked(score: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return score
+    return torch.where(mask.to(device=score.device, dtype=torch.bool), score, torch.zeros_like(score))
+
+
+def _importance(model, method, params, data, masks, loss_fn, seed, options):
+    if method == "random":
+        return random_importance(params, seed=seed)
+    if method == "magnitude":
+        return magnitude_importance(params)
+    if method == "snip":
+        return snip_importance(model, params, data, loss_fn, masks=masks)
+    if method == "grasp":
+        return grasp_importance(
+            model, params, data, loss_fn, masks=masks,
+            temperature=options.get("temperature", DEFAULT_TEMPERATURE),
+        )
+    if method == "synflow":
+        return synflow_importance(
+            model, params, data, input_shape=options.get("input_shape"), double=options.get("double", False)
+        )
+    if method == "prospr":
+        return prospr_importance(
+            model, params, data, loss_fn, masks=masks,
+            steps=options.get("steps", DEFAULT_STEPS),
+            inner_lr=options.get("inner_lr", DEFAULT_INNER_LR),
+            fresh_batches=options.get("fresh_batches", False),
+        )
+    if method == "crop":
+        return crop_importance(model, params, data, loss_fn, masks=masks)
     raise AssertionError(f"criterion {method!r} is registered but not dispatched")
 
 

@@ -98,12 +98,25 @@ def batch_loss(
     inputs = to_device(batch[0], device, dtype)
     targets = batch[1].to(device)
     outputs = (forward or model)(inputs)
+    _check_class_targets(outputs, targets)
     if temperature != 1.0:
         outputs = outputs / temperature
     loss = loss_fn(outputs, targets)
     if not torch.isfinite(loss):
         raise PruningError(f"the loss on the scoring data is {loss.item()}; check the model and the data")
     return loss
+
+
+def _check_class_targets(outputs: Any, targets: torch.Tensor) -> None:
+    """Class-index targets must fit the model's outputs (a clear error instead of an IndexError deep in
+    the loss)."""
+    if not isinstance(outputs, torch.Tensor) or outputs.dim() < 2 or targets.is_floating_point():
+        return
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= outputs.shape[1]):
+        raise PruningError(
+            f"scoring targets range over [{int(targets.min())}, {int(targets.max())}] but the model gives "
+            f"{outputs.shape[1]} outputs per example; check the labels and the model's number of classes"
+        )
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from ..errors import PruningError
 from ._autograd import hessian_gradient_product, loss_gradient
 from ._context import Batch, LossFn
 
@@ -37,6 +38,8 @@ def grasp_importance(
     temperature: float = DEFAULT_TEMPERATURE,
 ) -> dict[str, torch.Tensor]:
     """θ ⊙ (H g) with g and H taken on logits / ``temperature``; higher = keep."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise PruningError(f"temperature must be a number > 0 (GraSP's T, default 200), got {temperature!r}")
     grads = loss_gradient(model, params, batches, loss_fn, temperature, masks=masks)
     hg = hessian_gradient_product(model, params, batches, grads, loss_fn, temperature)
     return {n: p.detach() * hg[n] for n, p in params.items()}

@@ -40,8 +40,10 @@ def prospr_importance(
     fresh_batches: bool = False,
 ) -> dict[str, torch.Tensor]:
     """|∂L(θ_M)/∂m| at m = 1 after ``steps`` differentiable SGD steps; higher = keep."""
-    if steps < 0:
-        raise PruningError(f"steps must be >= 0 (number of inner SGD steps), got {steps}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise PruningError(f"steps must be an integer >= 0 (number of inner SGD steps), got {steps!r}")
+    if not inner_lr > 0:
+        raise PruningError(f"inner_lr must be > 0, got {inner_lr!r}")
     if inner_lr <= 0:
         raise PruningError(f"inner_lr must be > 0, got {inner_lr}")
     scored_ids = {id(p): n for n, p in params.items()}

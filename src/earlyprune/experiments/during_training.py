@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from ..scoring_data import first_batches
 from .config import RunConfig
 
 
@@ -16,7 +17,7 @@ def epoch_callback(config: RunConfig, model: nn.Module, train_split: Any, record
     Events (prunes or resizes, with widths and sizes before and after) go to ``record['prune_events']``.
     """
     scoring = train_split.loader(config.batch_size, shuffle=True, augment=False, seed=config.seed + 1)
-    scoring_batches = [next(iter(scoring))]
+    scoring_batches = first_batches(scoring, config.score_batches)
     events: list[dict[str, Any]] = []
     record["prune_events"] = events
     if config.method == "activation_density":
@@ -51,16 +52,13 @@ def _activation_density(config: RunConfig, model: nn.Module, scoring_batches, re
     from ..activation_density import ActivationDensityPruner
     from ..distributed import rewrap, unwrap
 
-    state: dict[str, Any] = {}
+    # Built before training so that the first epoch is measured too; the training optimizer, created by
+    # the training loop, is handed over at each epoch's end.
+    pruner = ActivationDensityPruner(unwrap(model), scoring_batches[0][0][:1], prune_every=config.prune_every,
+                                     last_epoch=max(1, config.epochs // 2))
 
     def on_epoch_end(epoch: int, model: nn.Module, optimizer):
-        if "pruner" not in state:  # built lazily: it needs the training optimizer
-            state["pruner"] = ActivationDensityPruner(unwrap(model), scoring_batches[0][0][:1], optimizer=optimizer,
-                                                      prune_every=config.prune_every,
-                                                      last_epoch=max(1, config.epochs // 2))
-            # The first epoch's activations were not seen; measure from now on.
-            return None
-        event = state["pruner"].epoch_end(epoch, optimizer=optimizer)
+        event = pruner.epoch_end(epoch, optimizer=optimizer)
         if event is not None:
             events.append(event.as_dict())
             if isinstance(model, nn.parallel.DistributedDataParallel):

@@ -11,6 +11,7 @@ from ..criteria import as_batches
 from ..criteria._context import model_device, model_dtype, to_device
 from ..errors import PruningError
 from ..scoring_data import first_batches, is_batch_list
+from ..selection import check_sparsity, crop_it_schedule
 from .groups import build_groups
 from .importance import channel_importance
 from .selection import select_channels
@@ -31,18 +32,26 @@ def prune_structured(
     min_fraction: float = 0.0,
     channel_multiple: int = 1,
     example_inputs: Any = None,
+    schedule: Any = None,
     **options: Any,
 ) -> nn.Module:
     """Remove a fraction ``sparsity`` of all prunable channels of ``model`` (in place) and return it.
 
+    ``schedule`` prunes in rounds, re-tracing and rescoring the shrunk model each round: ``"crop-it"``
+    (EarlyCroP's k_i = s − (s − 0.5)·0.5^i, then s) or an increasing list of fractions ending at
+    ``sparsity``; each fraction counts against the channels the model had before the first round.
+    ``None`` (or ``"exponential"`` with one round) prunes in one shot.
     ``channel_multiple`` rounds every layer's kept width up to a multiple of it (faster kernels).
     The result of the surgery is stored on the model as ``model.earlyprune_shrink`` (a
-    :class:`ShrinkResult`): kept indices, parameter counts and layer widths before and after.
+    :class:`ShrinkResult`, composed over the rounds): kept indices, parameter counts and layer widths
+    before and after.
     """
-    for key in ("scope", "schedule", "iterations", "rule", "on_collapse", "min_per_layer", "samples_per_class"):
+    for key in ("scope", "iterations", "rule", "on_collapse", "min_per_layer", "samples_per_class"):
         options.pop(key, None)  # unstructured-only settings
     if options:
         raise PruningError(f"unknown option(s) for structured pruning: {sorted(options)}")
+    sparsity = check_sparsity(sparsity)
+    targets = _structured_targets(sparsity, schedule)
     batches = None
     if data is not None:
         batches = as_batches(data) if is_batch_list(data) else first_batches(data, num_batches)
@@ -57,12 +66,38 @@ def prune_structured(
     modules = dict(model.named_modules())
     ignored = [m for e in exclude for m in ([modules[e]] if isinstance(e, str) and e in modules else
                                            [x for x in model.modules() if isinstance(e, type) and isinstance(x, e)])]
-    plan = build_groups(model, example_inputs, ignored_layers=ignored)
-    importance = channel_importance(model, method, batches, plan.groups, loss_fn=loss_fn, seed=seed)
-    keep = select_channels(importance, plan.groups, sparsity, min_fraction=min_fraction, multiple=channel_multiple)
-    result: ShrinkResult = shrink(model, plan, keep, optimizer=optimizer)
-    model.earlyprune_shrink = result
+    combined: ShrinkResult | None = None
+    original_total = None
+    for round_index, target in enumerate(targets):
+        plan = build_groups(model, example_inputs, ignored_layers=ignored)
+        current_total = sum(g.size for g in plan.groups)
+        if original_total is None:
+            original_total = current_total
+        kept_target = round((1.0 - target) * original_total)
+        if round_index and kept_target >= current_total:
+            continue  # this round asks for nothing the earlier ones have not removed already
+        relative = 1.0 - kept_target / current_total if current_total else 0.0
+        importance = channel_importance(model, method, batches, plan.groups, loss_fn=loss_fn, seed=seed + round_index)
+        keep = select_channels(importance, plan.groups, min(max(relative, 0.0), 1.0 - 1e-12),
+                               min_fraction=min_fraction, multiple=channel_multiple)
+        result: ShrinkResult = shrink(model, plan, keep, optimizer=optimizer)
+        combined = result if combined is None else combined.then(result)
+    model.earlyprune_shrink = combined
     return model
+
+
+def _structured_targets(sparsity: float, schedule: Any) -> list[float]:
+    """The fractions of channels removed after each round."""
+    if schedule is None or schedule == "exponential":
+        return [sparsity]
+    if schedule == "crop-it":
+        return crop_it_schedule(sparsity)
+    if isinstance(schedule, str):
+        raise PruningError(f"schedule must be 'crop-it', 'exponential' or a list of fractions, got {schedule!r}")
+    steps = [check_sparsity(s, "schedule entry") for s in schedule]
+    if not steps or any(b < a for a, b in zip(steps, steps[1:])) or abs(steps[-1] - sparsity) > 1e-12:
+        raise PruningError(f"schedule must be non-decreasing and end at sparsity {sparsity}, got {list(schedule)}")
+    return steps
 
 
 def _one(inputs: Any) -> Any:

@@ -51,6 +51,21 @@ class ShrinkResult:
     widths_after: dict[str, int] = field(default_factory=dict)
     kept_channels: dict[int, torch.Tensor] = field(default_factory=dict)
 
+    def then(self, later: "ShrinkResult") -> "ShrinkResult":
+        """The surgery of ``self`` followed by ``later`` (on the model ``self`` left), as one result: kept
+        indices refer to the tensors before ``self``, widths run from before ``self`` to after ``later``."""
+        kept: dict[str, dict[int, torch.Tensor]] = {n: dict(d) for n, d in self.kept_indices.items()}
+        for name, dims in later.kept_indices.items():
+            for dim, index in dims.items():
+                first = kept.setdefault(name, {}).get(dim)
+                kept[name][dim] = index if first is None else first[index.to(first.device)]
+        channels = dict(self.kept_channels)
+        for group, index in later.kept_channels.items():
+            first = channels.get(group)
+            channels[group] = index if first is None else first[index]
+        return ShrinkResult(kept, self.params_before, later.params_after, self.widths_before, later.widths_after,
+                            channels)
+
     def slice(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Slice per-parameter tensors (masks, scores, EMA weights...) keyed by parameter name alike."""
         return {name: slice_like(t, self.kept_indices.get(name, {})) for name, t in tensors.items()}
