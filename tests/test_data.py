@@ -170,3 +170,18 @@ def test_mnist_sample_is_stratified_and_not_augmented():
     assert torch.equal(x, train.images[:8])
     small = train.subset(25)
     assert len(small) == 25 and small.labels.bincount().tolist() == [3] * 5 + [2] * 5
+
+
+def test_mnist_and_fashion_mnist_folders_are_not_mistaken_for_each_other(tmp_path):
+    # Same file names and format; the first training labels of the canonical files tell them apart.
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    images = np.zeros((12, 28, 28), dtype=np.uint8)
+    for name, array in [("train-images-idx3-ubyte", images), ("t10k-images-idx3-ubyte", images),
+                        ("train-labels-idx1-ubyte", np.array([5, 0, 4, 1, 9, 2, 1, 3, 1, 4, 3, 5], dtype=np.uint8)),
+                        ("t10k-labels-idx1-ubyte", np.zeros(12, dtype=np.uint8))]:
+        write_idx(folder / name, array)
+    with pytest.raises(DatasetNotFoundError, match="holds mnist, not fashion-mnist"):
+        load_dataset("fashion-mnist", data_dir=folder, cache_dir=tmp_path / "cache")
+    train, _ = load_dataset("mnist", data_dir=folder, cache_dir=tmp_path / "cache")
+    assert len(train) == 12

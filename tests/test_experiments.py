@@ -82,17 +82,57 @@ def test_same_seed_gives_identical_masks_and_first_epoch_loss():
     from earlyprune.train import TrainConfig, train
 
     results = []
-    for _ in range(2):
-        torch.manual_seed(0)
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
         train_split, test_split = load_dataset("mnist-sample")
         train_split = train_split.subset(400)
         model = models.create("lenet5", width=0.5)
         masks = ep.prune(model, "snip", 0.95, data=train_split.loader(100, shuffle=True, seed=1))
         out = train(model, train_split.loader(100, shuffle=True, seed=0), None, TrainConfig(epochs=1, progress=False))
         results.append((masks, out.history[0].train_loss))
-    (m1, l1), (m2, l2) = results
+    (m1, l1), (m2, l2), (m3, l3) = results
     assert all(torch.equal(m1[n], m2[n]) for n in m1)
     assert l1 == l2
+    # and the seed matters: another one gives other masks and another loss
+    assert not all(torch.equal(m1[n], m3[n]) for n in m1) and l1 != l3
+
+
+def test_cli_bad_input_is_one_clear_line_not_a_traceback(tmp_path, capsys):
+    base = ["run", "--epochs", "0", "--out", str(tmp_path / "r.jsonl")]
+    for extra, expected in [(["--model", "lenet7"], "unknown model 'lenet7'; known models: lenet300"),
+                            (["--dataset", "imagenet"], "unknown dataset 'imagenet'; known datasets: mnist"),
+                            (["--method", "snap"], "known methods: random, .*crop-it, activation_density, or 'dense'"),
+                            (["--device", "tpu"], "unknown device 'tpu'")]:
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert __import__("re").search(expected, err), err
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "results.sqlite").write_bytes(b"not a database at all" * 10)
+    assert main(["report", str(store)]) == 2
+    assert "not a database" in capsys.readouterr().err
+
+
+def test_the_model_registry_is_reachable_from_the_package():
+    model = ep.models.create("resnet20", num_classes=10)
+    assert sum(p.numel() for p in model.parameters()) == 272_474
+
+
+def test_peak_memory_is_each_runs_own():
+    import numpy as np
+
+    from earlyprune.train import peak_memory_mb, reset_peak_memory
+
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("the peak resident size cannot be reset on this system")
+    reset_peak_memory()
+    base = peak_memory_mb()
+    big = np.ones(40_000_000)  # 320 MB touched
+    assert peak_memory_mb() > base + 250
+    del big
+    reset_peak_memory()
+    assert peak_memory_mb() < base + 100  # a later run does not inherit the earlier peak
 
 
 def test_append_record_never_tears_existing_records(tmp_path, monkeypatch):

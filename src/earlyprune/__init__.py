@@ -11,7 +11,7 @@ The public API (see the README and DESIGN notes)::
     resizer = ep.ActivationDensityPruner(model, example_inputs, optimizer=opt)       # resizer.epoch_end()
 """
 
-from . import distributed
+from . import data, distributed, models
 from .activation_density import ActivationDensityPruner
 from .early import EarlyPruner
 from .errors import LayerCollapseError, PruningError
@@ -21,4 +21,4 @@ from .pruning import methods, prune, score
 
 __version__ = "0.1.0"
 
-__all__ = ["EarlyPruner", "ActivationDensityPruner", "Masks", "prune", "score", "report", "methods", "PruningError", "LayerCollapseError", "__version__"]
+__all__ = ["models", "data", "EarlyPruner", "ActivationDensityPruner", "Masks", "prune", "score", "report", "methods", "PruningError", "LayerCollapseError", "__version__"]

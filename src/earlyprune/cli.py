@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
-from .errors import PruningError
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -148,7 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (PruningError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, sqlite3.DatabaseError) as exc:
+        # Bad input (PruningError, DataFormatError, unknown names are ValueErrors), missing data, a corrupt
+        # results store: say what is wrong, without a traceback.
         print(f"earlyprune {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error of ours

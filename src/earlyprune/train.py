@@ -164,8 +164,7 @@ def train(
     device, dtype = model_device(model), model_dtype(model)
     progress = _progress(config.progress, config.epochs * (steps_per_epoch or 0), description)
     started = time.perf_counter()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     try:
         for epoch in range(1, config.epochs + 1):
             epoch_start = time.perf_counter()
@@ -211,11 +210,37 @@ def train(
     return result
 
 
+def reset_peak_memory(device: torch.device | None = None) -> None:
+    """Start a new peak-memory measurement, so that one training run in a long-lived process (the demo,
+    a sweep worker) reports its own peak, not the largest of every run before it.
+
+    On CUDA: ``torch.cuda.reset_peak_memory_stats``. On the CPU under Linux: writing ``5`` to
+    ``/proc/self/clear_refs`` resets the process's peak resident set size (``VmHWM``) to its current size.
+    Elsewhere the peak cannot be reset and stays the process's lifetime peak.
+    """
+    if device is not None and device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
 def peak_memory_mb(device: torch.device | None = None) -> float:
-    """Peak memory in MiB: allocated GPU memory on CUDA, else the process's peak resident set size."""
+    """Peak memory in MiB since :func:`reset_peak_memory`: allocated GPU memory on CUDA, else the process's
+    peak resident set size (``VmHWM`` from ``/proc/self/status`` on Linux, ``ru_maxrss`` elsewhere)."""
     if device is not None and device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
 
 
 def _length(loader: Iterable[Any]) -> int | None:

@@ -154,6 +154,7 @@ def _reader_for(spec: DatasetSpec, path: Path, cache: Path) -> Callable[[], tupl
         files = _idx_files(path)
         if files is None:
             return None
+        _refuse_the_other_dataset(spec.name, files["y_train"])
         return lambda: (cached_arrays(cache, spec.name, list(files.values()), lambda: _read_idx_set(files)),
                         [str(i) for i in range(10)])
     if spec.name == "cifar10" and (path / "data_batch_1").exists():
@@ -169,6 +170,32 @@ def _reader_for(spec: DatasetSpec, path: Path, cache: Path) -> Callable[[], tupl
     if path.is_dir() and (path / "train").is_dir() and (path / "test").is_dir():
         return lambda: _read_tree(spec, path, cache, [path])
     return None
+
+
+#: The first twelve training labels of the canonical files: MNIST and Fashion-MNIST share their file
+#: names and format, so a folder of the one found while looking for the other is told apart by these.
+_FIRST_TRAIN_LABELS = {
+    "mnist": bytes([5, 0, 4, 1, 9, 2, 1, 3, 1, 4, 3, 5]),
+    "fashion-mnist": bytes([9, 0, 0, 3, 0, 2, 7, 2, 5, 5, 0, 9]),
+}
+
+
+def _refuse_the_other_dataset(name: str, labels_file: Path) -> None:
+    """Raise if ``labels_file`` is recognisably the training labels of the *other* IDX dataset."""
+    import gzip
+
+    opener = gzip.open if labels_file.suffix == ".gz" else open
+    try:
+        with opener(labels_file, "rb") as handle:
+            head = handle.read(8 + 12)[8:]
+    except (OSError, EOFError):
+        return  # unreadable: the reader itself reports it clearly
+    for other, first in _FIRST_TRAIN_LABELS.items():
+        if other != name and head == first:
+            raise DatasetNotFoundError(
+                f"{labels_file.parent} holds {other}, not {name} (its training labels begin like {other}'s): "
+                f"point --data-dir (data_dir=...) at the folder above the {name} folder, or at the {name} files"
+            )
 
 
 def _idx_files(path: Path) -> dict[str, Path] | None:

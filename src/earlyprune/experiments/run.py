@@ -12,8 +12,9 @@ import torch
 from .. import __version__, models
 from ..data import load_dataset
 from ..distributed import init_from_environment, rank, unwrap, world_size
+from ..errors import DeviceError, PruningError
 from ..metrics import report
-from ..pruning import prune
+from ..pruning import methods, prune
 from ..train import TrainConfig, train
 from .config import DENSE, RunConfig
 
@@ -32,6 +33,10 @@ def run_experiment(
     (CUDA when available). Under torchrun on GPUs each process takes ``cuda:LOCAL_RANK``. The device is
     recorded but not part of the run's key.
     """
+    if config.method != DENSE and config.method.lower() not in methods():
+        raise PruningError(f"unknown method {config.method!r}; known methods: {', '.join(methods())}, or 'dense' "
+                           "for the unpruned reference")
+    models.spec(config.model)  # an unknown model is refused (with the known names) before data is loaded
     if threads:
         torch.set_num_threads(threads)
     target = resolve_device(device)
@@ -126,18 +131,18 @@ def resolve_device(device: str | None) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {device!r} asked for, but this torch sees no CUDA device: use --device cpu")
+            raise DeviceError(f"device {device!r} asked for, but this torch sees no CUDA device: use --device cpu")
         if name == "cuda":
             name = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         elif int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
-            raise RuntimeError(
+            raise DeviceError(
                 f"device {device!r} would put every torchrun process of this machine on the same GPU: "
                 "use --device cuda (or auto), which gives each process cuda:LOCAL_RANK"
             )
     try:
         return torch.device(name)
     except RuntimeError as error:
-        raise RuntimeError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from error
+        raise DeviceError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from error
 
 
 def _counting_training_flops(callback, model, examples: int, record: dict[str, Any]):
