@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import earlyprune as ep
 from earlyprune import distributed, models
 
-METHODS = ["random", "magnitude", "snip", "grasp", "synflow", "prospr", "crop"]
+METHODS = ["random", "magnitude", "snip", "grasp", "synflow", "prospr", "crop", "snip-it", "crop-it"]
 
 
 def free_port() -> int:
@@ -43,6 +43,7 @@ def masks_worker(rank: int, world: int, port: int, out: str) -> None:
         for method in METHODS:
             torch.manual_seed(0)  # same initial weights on every rank
             model = models.create("lenet5", width=0.25)
+            torch.manual_seed(1000 + rank)  # but a different global RNG state: nothing may depend on it
             masks = ep.prune(model, method, 0.9, data=[rank_data(rank)], iterations=5 if method == "synflow" else None)
             results[method] = {n: m.clone() for n, m in masks.items()}
         torch.manual_seed(0)
@@ -51,6 +52,9 @@ def masks_worker(rank: int, world: int, port: int, out: str) -> None:
         grads = torch.autograd.grad(F.cross_entropy(model(x), y), [model.conv1.weight])
         results["_local_snip"] = {"conv1.weight": (model.conv1.weight.detach() * grads[0]).abs()}
         results["_reduced_snip"] = {"conv1.weight": ep.score(model, "snip", [(x, y)])["conv1.weight"]}
+        # Rank 0 decides whether to prune (e.g. the EarlyCroP trigger saw its own weights): both ranks follow.
+        results["_decisions"] = {"d": torch.tensor([distributed.broadcast_decision(rank == 0),
+                                                    distributed.broadcast_decision(rank == 1)])}
         torch.save(results, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -97,6 +101,7 @@ def test_masks_are_bitwise_identical_on_both_ranks_for_every_method(tmp_path):
     assert not torch.allclose(local0, local1)
     torch.testing.assert_close(r0["_reduced_snip"]["conv1.weight"], (local0 + local1) / 2)
     torch.testing.assert_close(r1["_reduced_snip"]["conv1.weight"], (local0 + local1) / 2)
+    assert r0["_decisions"]["d"].tolist() == r1["_decisions"]["d"].tolist() == [True, False]
     # Every method selected the same masks on both ranks.
     for method in METHODS:
         for name in r0[method]:
@@ -113,3 +118,20 @@ def test_ddp_training_and_structured_early_prune_stay_identical(tmp_path):
     for key in r0["state"]:
         assert r0["state"][key].shape == r1["state"][key].shape, key
         torch.testing.assert_close(r0["state"][key], r1["state"][key], rtol=0, atol=0, msg=key)
+
+
+def test_earlyprune_run_under_torchrun_writes_one_record_from_rank_0(tmp_path):
+    import subprocess
+    import sys
+
+    from earlyprune.experiments.records import read_records
+
+    out = tmp_path / "runs.jsonl"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "earlyprune.cli", "run", "--dataset", "mnist-sample", "--model", "lenet300", "--width", "0.25",
+               "--method", "snip", "--sparsity", "0.9", "--epochs", "1", "--train-subset", "400", "--threads", "1",
+               "--device", "cpu", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (record,) = list(read_records(out))
+    assert record["processes"] == 2 and record["achieved_sparsity"] == pytest.approx(0.9, abs=1e-4)
