@@ -3,6 +3,9 @@
 A run's row and its per-epoch curve are written in one transaction, keyed by the run's settings hash,
 so a run is stored completely or not at all and never twice, whatever kills the process and however
 many workers write at once.
+
+Runs that failed are kept apart, in ``failures`` (the last error of each, and how many attempts failed):
+they are not finished, so a sweep runs them again, and a run that then finishes clears its failure.
 """
 
 from __future__ import annotations
@@ -29,6 +32,14 @@ CREATE TABLE IF NOT EXISTS curves (
     epoch INTEGER NOT NULL,
     test_accuracy REAL, train_loss REAL, seconds REAL,
     PRIMARY KEY (key, epoch)
+);
+CREATE TABLE IF NOT EXISTS failures (
+    key TEXT PRIMARY KEY,
+    settings TEXT NOT NULL,
+    error TEXT NOT NULL,
+    traceback TEXT,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    failed_at TEXT
 );
 """
 
@@ -71,7 +82,28 @@ class ResultsStore:
         self.close()
 
     def keys(self) -> set[str]:
+        """The keys of the finished runs (failed runs are not among them)."""
         return {row[0] for row in self._db.execute("SELECT key FROM runs")}
+
+    def add_failure(self, key: str, settings: dict[str, Any], error: str, traceback: str | None = None) -> None:
+        """Record that run ``key`` failed with ``error`` (replacing its earlier failure, counting attempts).
+        A failed run is not finished: :meth:`keys` does not list it."""
+        self._db.execute(
+            "INSERT INTO failures (key, settings, error, traceback, attempts, failed_at) VALUES (?,?,?,?,1,?) "
+            "ON CONFLICT(key) DO UPDATE SET settings=excluded.settings, error=excluded.error, "
+            "traceback=excluded.traceback, attempts=failures.attempts + 1, failed_at=excluded.failed_at",
+            (key, json.dumps(settings, sort_keys=True, default=str), error, traceback,
+             time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+        )
+
+    def failures(self) -> dict[str, dict[str, Any]]:
+        """The runs whose last attempt failed and that have not finished since: key -> settings, error,
+        traceback, attempts, failed_at."""
+        rows = self._db.execute("SELECT key, settings, error, traceback, attempts, failed_at FROM failures "
+                                "WHERE key NOT IN (SELECT key FROM runs) ORDER BY rowid")
+        return {key: {"settings": json.loads(settings), "error": error, "traceback": tb, "attempts": attempts,
+                      "failed_at": failed_at}
+                for key, settings, error, tb, attempts, failed_at in rows}
 
     def add(self, record: dict[str, Any]) -> bool:
         """Store a finished run; returns False (and changes nothing) if its key is already stored."""
@@ -93,6 +125,7 @@ class ResultsStore:
                     [(record["key"], p["epoch"], p.get("test_accuracy"), p.get("train_loss"), p.get("seconds"))
                      for p in curve],
                 )
+            self._db.execute("DELETE FROM failures WHERE key=?", (record["key"],))
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")

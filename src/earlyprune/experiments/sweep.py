@@ -19,6 +19,12 @@ The config::
 
 Each cell is identified by the hash of its settings: finished cells are skipped, so a sweep stopped at
 any moment (SIGKILL included) resumes where it stopped, and nothing is stored twice.
+
+Every value is checked when the file is read (errors name the line and the key), and the datasets of the
+cells to run are located before anything runs. A cell that fails is reported and recorded as failed in
+the store, the others still run, and the sweep ends with a non-zero exit code; failed cells run again
+on the next invocation. With ``--jobs N`` the workers end as soon as the sweep process dies, however it
+dies (SIGKILL included).
 """
 
 from __future__ import annotations
@@ -26,15 +32,18 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import signal
 import sys
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import traceback
+from collections import deque
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from ..errors import PruningError
-from .config import DENSE, RunConfig
+from .config import DENSE, RunConfig, check_setting
 from .store import ResultsStore
 
 if sys.version_info >= (3, 11):
@@ -51,7 +60,11 @@ class ConfigError(PruningError):
 
 
 def load_sweep(path: str | Path) -> tuple[list[RunConfig], str | None]:
-    """The cells of the sweep file ``path`` (in order, duplicates removed) and its results directory."""
+    """The cells of the sweep file ``path`` (in order, duplicates removed) and its results directory.
+
+    Every value of ``[recipe]`` and ``[grid]`` is checked (type, range, known names); a bad one raises
+    :class:`ConfigError` naming the file, the line and the key. Model aliases (``lenet-5``) and dataset
+    names in any case are accepted, as ``earlyprune run`` accepts them, and stored in canonical form."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     try:
@@ -62,22 +75,43 @@ def load_sweep(path: str | Path) -> tuple[list[RunConfig], str | None]:
     if unknown:
         raise ConfigError(_where(path, text, unknown[0], f"unknown section or key {unknown[0]!r}; "
                                  "expected 'results', [recipe] and [grid]"))
-    recipe = data.get("recipe", {})
-    grid = data.get("grid", {})
+    results = data.get("results")
+    if results is not None and (not isinstance(results, str) or not results.strip()):
+        raise ConfigError(_where(path, text, "results", f"results must be a directory name (a string), "
+                                 f"got {results!r}", section=""))
+    for section in ("recipe", "grid"):
+        if not isinstance(data.get(section, {}), dict):
+            raise ConfigError(_where(path, text, section, f"{section} must be a table: [{section}] with "
+                                     "`key = value` lines under it", section=""))
+    recipe = dict(data.get("recipe", {}))
+    grid = dict(data.get("grid", {}))
     valid = {f.name for f in fields(RunConfig)}
-    for key in recipe:
+    for key, value in recipe.items():
         if key not in valid:
             raise ConfigError(_where(path, text, key, f"[recipe] has unknown setting {key!r}; valid: "
-                                     f"{', '.join(sorted(valid))}"))
+                                     f"{', '.join(sorted(valid))}", section="recipe"))
+        try:
+            recipe[key] = check_setting(key, value)
+        except PruningError as exc:
+            raise ConfigError(_where(path, text, key, f"[recipe] {exc}", section="recipe")) from exc
     for key, values in grid.items():
         if key not in _AXES:
-            raise ConfigError(_where(path, text, key, f"[grid] has unknown axis {key!r}; valid: {', '.join(_AXES)}"))
+            raise ConfigError(_where(path, text, key, f"[grid] has unknown axis {key!r}; valid: {', '.join(_AXES)}",
+                                     section="grid"))
         if not isinstance(values, list) or not values:
-            raise ConfigError(_where(path, text, key, f"[grid] {key} must be a non-empty list"))
+            raise ConfigError(_where(path, text, key, f"[grid] {key} must be a non-empty list", section="grid"))
     for axis in ("datasets", "models", "methods"):
         if axis not in grid:
             raise ConfigError(f"{path}: [grid] needs {axis!r}")
-    _check_names(path, text, grid)
+    for key, values in grid.items():
+        checked = []
+        for value in values:
+            try:
+                checked.append(check_setting(_AXES[key], value))
+            except PruningError as exc:
+                message = str(exc) if str(exc).startswith("unknown ") else f"[grid] {key}: {exc}"
+                raise ConfigError(_where(path, text, key, message, section="grid")) from exc
+        grid[key] = list(dict.fromkeys(checked))  # "lenet-5" and "lenet5" are one model
     axes = [(_AXES[k], v) for k, v in grid.items()]
     cells: list[RunConfig] = []
     seen: set[str] = set()
@@ -92,26 +126,48 @@ def load_sweep(path: str | Path) -> tuple[list[RunConfig], str | None]:
         if cell.key() not in seen:
             seen.add(cell.key())
             cells.append(cell)
-    return cells, data.get("results")
+    return cells, results
 
 
-def _check_names(path: Path, text: str, grid: dict[str, Any]) -> None:
-    from .. import models
-    from ..data import DATASETS
-    from ..pruning import methods
-
-    choices = {"datasets": list(DATASETS), "models": models.names(), "methods": [DENSE, *methods()]}
-    for axis, valid in choices.items():
-        for value in grid.get(axis, []):
-            if value not in valid:
-                raise ConfigError(_where(path, text, axis, f"unknown {axis[:-1]} {value!r}; valid: {', '.join(valid)}"))
+_SECTION = re.compile(r"""\s*\[\[?\s*([A-Za-z0-9_.\-"' ]+?)\s*\]\]?\s*(#.*)?$""")
 
 
-def _where(path: Path, text: str, key: str, message: str) -> str:
-    for number, line in enumerate(text.splitlines(), 1):
-        if re.match(rf"\s*(\[)?\s*{re.escape(key)}\s*(=|\])", line):
-            return f"{path}:{number}: {message}"
+def _where(path: Path, text: str, key: str, message: str, section: str | None = None) -> str:
+    """``message`` prefixed with ``path:LINE:``, LINE being where ``key`` is set: in ``[section]`` when
+    ``section`` is given (``""``: the top level, before any section header; a header named ``key``
+    counts there), anywhere otherwise; ``path:`` alone if no such line is found."""
+    key_line = re.compile(rf"""\s*(\w+\.)?(["']?){re.escape(key)}\2\s*=""")
+    for scoped in ((section, None) if section is not None else (None,)):
+        current = ""
+        for number, line in enumerate(text.splitlines(), 1):
+            header = _SECTION.match(line)
+            if header:
+                current = header.group(1).strip().strip("\"'")
+                if current == key and scoped in (None, ""):
+                    return f"{path}:{number}: {message}"
+                continue
+            if (scoped is None or current == scoped) and key_line.match(line):
+                return f"{path}:{number}: {message}"
     return f"{path}: {message}"
+
+
+def check_datasets(names: list[str], data_dir: str | None = None) -> None:
+    """Raise the data registry's :class:`~earlyprune.data.DatasetNotFoundError` (it lists where it looked
+    and where to get the data) for the first dataset of ``names`` that cannot be located. Only looks for
+    the files: nothing is read."""
+    from ..data import registry
+    from ..data.cache import default_cache_dir
+
+    cache = default_cache_dir()
+    for name in dict.fromkeys(names):
+        spec = registry.DATASETS[name.lower()]
+        if not spec.folders:  # shipped with the package
+            continue
+        found = any(registry._reader_for(spec, root / folder if folder else root, cache) is not None
+                    for root in registry._search_roots(data_dir) for folder in (*spec.folders, ""))
+        if not found:
+            # the registry's own search, which finds nothing either and raises its message
+            registry._locate_and_read(spec, data_dir, cache)
 
 
 def _run_cell(config: RunConfig, results_dir: str, data_dir: str | None, threads: int,
@@ -124,9 +180,16 @@ def _run_cell(config: RunConfig, results_dir: str, data_dir: str | None, threads
     return config.key(), record.get("final_accuracy")
 
 
+def _describe(cell: RunConfig) -> str:
+    return (f"{cell.dataset} {cell.model} {cell.method} s={cell.sparsity} seed={cell.seed} when={cell.when}"
+            f"{' structured' if cell.structured else ''}")
+
+
 def run_sweep(config_path: str | Path, results_dir: str | None = None, jobs: int = 1, dry_run: bool = False,
               data_dir: str | None = None, device: str | None = None) -> int:
-    """Run every cell of the sweep not yet in the store; returns a process exit code.
+    """Run every cell of the sweep not yet in the store; returns a process exit code: 0 when every cell
+    is finished, 1 when some failed (each is reported on stderr and recorded in the store as failed, so
+    the next invocation runs it again).
 
     ``device`` is passed to every cell (see :func:`.run.run_experiment`); with ``jobs > 1`` on one GPU the
     workers share it."""
@@ -136,28 +199,199 @@ def run_sweep(config_path: str | Path, results_dir: str | None = None, jobs: int
         raise ConfigError(f"{config_path}: no results directory: set `results = ...` or pass --results")
     with ResultsStore(results) as store:
         done = store.keys()
+        failed_before = store.failures()
     pending = [c for c in cells if c.key() not in done]
-    print(f"{len(cells)} cells, {len(cells) - len(pending)} done, {len(pending)} to run -> {results}")
+    check_datasets([c.dataset for c in pending], data_dir)
+    retried = sum(c.key() in failed_before for c in pending)
+    print(f"{len(cells)} cells, {len(cells) - len(pending)} done, {len(pending)} to run -> {results}"
+          + (f" ({retried} failed before and run again)" if retried else ""))
     if dry_run:
         for cell in pending:
-            print(f"  {cell.key()}  {cell.dataset} {cell.model} {cell.method} s={cell.sparsity} seed={cell.seed} "
-                  f"when={cell.when}{' structured' if cell.structured else ''}")
+            again = " (failed before)" if cell.key() in failed_before else ""
+            print(f"  {cell.key()}  {_describe(cell)}{again}")
+        return 0
+    if not pending:
         return 0
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     started = time.perf_counter()
-    if jobs <= 1:
-        for index, cell in enumerate(pending, 1):
-            key, accuracy = _run_cell(cell, results, data_dir, threads, device)
-            _progress(index, len(pending), cell, accuracy, started)
-        return 0
-    import multiprocessing
+    failures = 0
+    finished = 0
 
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_run_cell, c, results, data_dir, threads, device): c for c in pending}
-        for index, future in enumerate(as_completed(futures), 1):
-            _, accuracy = future.result()
-            _progress(index, len(pending), futures[future], accuracy, started)
+    def outcome(cell: RunConfig, accuracy: float | None, error: str | None, trace: str | None) -> None:
+        nonlocal failures, finished
+        finished += 1
+        if error is None:
+            _progress(finished, len(pending), cell, accuracy, started)
+            return
+        failures += 1
+        print(f"[{finished}/{len(pending)}] cell {cell.key()} FAILED ({_describe(cell)}): {error}",
+              file=sys.stderr, flush=True)
+        with ResultsStore(results) as store:
+            store.add_failure(cell.key(), cell.as_dict(), error, trace)
+
+    if jobs <= 1:
+        for cell in pending:
+            try:
+                _, accuracy = _run_cell(cell, results, data_dir, threads, device)
+            except Exception as exc:  # noqa: BLE001 - one cell's failure must not stop the others
+                outcome(cell, None, _error_text(exc), traceback.format_exc())
+            else:
+                outcome(cell, accuracy, None, None)
+    else:
+        _run_parallel(pending, jobs, (results, data_dir, threads, device), outcome)
+    if failures:
+        print(f"earlyprune sweep: {failures} of {len(pending)} cells failed (recorded in {results}; they run "
+              "again on the next `earlyprune sweep`)", file=sys.stderr, flush=True)
+        return 1
     return 0
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+# --- parallel cells: one process per worker, one cell at a time, ending with the sweep process -----------
+
+
+class _Worker:
+    """A worker process and its end of the pipe. It holds at most the one cell it runs: the cells not yet
+    started stay with the sweep process, so nothing is left to run if that dies."""
+
+    def __init__(self, ctx: Any, common: tuple) -> None:
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker_main, args=(child, os.getpid(), common), daemon=True,
+                                   name="earlyprune-sweep-worker")
+        self.process.start()
+        child.close()
+        self.cell: RunConfig | None = None
+
+    def give(self, cell: RunConfig | None) -> None:
+        self.cell = cell
+        try:
+            self.conn.send(cell)  # None: no more cells, exit
+        except OSError:  # it died meanwhile: seen as a death by the caller's next wait
+            pass
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join(5)
+        if self.process.is_alive():  # pragma: no cover - terminate is not refused by our workers
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+
+
+def _run_parallel(pending: list[RunConfig], jobs: int, common: tuple, outcome) -> None:
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = deque(pending)
+    workers: list[_Worker] = []
+    starts_left = len(pending) + jobs  # replacements of dead workers, bounded
+    try:
+        for _ in range(min(jobs, len(queue))):
+            workers.append(_Worker(ctx, common))
+            starts_left -= 1
+            workers[-1].give(queue.popleft())
+        while any(w.cell is not None for w in workers):
+            busy = [w for w in workers if w.cell is not None]
+            wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
+            for worker in busy:
+                message = None
+                if worker.conn.poll():
+                    try:
+                        message = worker.conn.recv()
+                    except (EOFError, OSError):
+                        message = None
+                elif worker.process.is_alive():
+                    continue  # still running its cell
+                cell = worker.cell
+                assert cell is not None
+                if message is not None:
+                    status, value, trace = message
+                    if status == "ok":
+                        outcome(cell, value, None, None)
+                    else:
+                        outcome(cell, None, value, trace)
+                    worker.give(queue.popleft() if queue else None)
+                    continue
+                # the worker died in the middle of its cell (killed, out of memory, a crash in C code)
+                worker.process.join(5)
+                outcome(cell, None, f"the worker process died while running the cell (exit code "
+                                    f"{worker.process.exitcode})", None)
+                worker.cell = None
+                worker.stop()
+                workers.remove(worker)
+                if queue and starts_left > 0:
+                    replacement = _Worker(ctx, common)
+                    starts_left -= 1
+                    workers.append(replacement)
+                    replacement.give(queue.popleft())
+        for cell in queue:  # only if workers kept dying before running anything
+            outcome(cell, None, "not run: worker processes kept dying", None)
+        for worker in workers:
+            worker.process.join(30)
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+def _worker_main(conn: Any, parent_pid: int, common: tuple) -> None:
+    """A worker: run the cells the sweep process sends, one at a time, until it sends None or dies."""
+    results, data_dir, threads, device = common
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the sweep process stops its workers itself
+    _end_with_parent(parent_pid)
+    while True:
+        try:
+            cell = conn.recv()  # EOFError as soon as the sweep process is gone
+        except (EOFError, OSError, KeyboardInterrupt):
+            os._exit(1)
+        if cell is None:
+            return
+        try:
+            _, accuracy = _run_cell(cell, results, data_dir, threads, device)
+            answer = ("ok", accuracy, None)
+        except Exception as exc:  # noqa: BLE001 - reported to the sweep process, which goes on
+            answer = ("failed", _error_text(exc), traceback.format_exc())
+        if os.getppid() != parent_pid:
+            os._exit(1)
+        try:
+            conn.send(answer)
+        except (OSError, EOFError):
+            os._exit(1)
+
+
+def _end_with_parent(parent_pid: int) -> None:
+    """Make this process end as soon as the process ``parent_pid`` that started it dies, even in the
+    middle of a cell: on Linux the kernel kills it (PR_SET_PDEATHSIG); everywhere a watchdog thread
+    waits on the parent's death (multiprocessing's parent sentinel, else polling the parent pid)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            pr_set_pdeathsig = 1
+            libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - no prctl: the watchdog below remains
+            pass
+    if os.getppid() != parent_pid:  # it died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        import multiprocessing
+
+        parent = multiprocessing.parent_process()
+        while True:
+            if parent is not None:
+                parent.join(1.0)  # returns at once when the parent is gone
+            else:  # pragma: no cover
+                time.sleep(1.0)
+            if os.getppid() != parent_pid or (parent is not None and not parent.is_alive()):
+                os._exit(1)
+
+    threading.Thread(target=watch, name="earlyprune-parent-watch", daemon=True).start()
 
 
 def _progress(index: int, total: int, cell: RunConfig, accuracy: float | None, started: float) -> None:
