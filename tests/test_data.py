@@ -185,3 +185,11 @@ def test_mnist_and_fashion_mnist_folders_are_not_mistaken_for_each_other(tmp_pat
         load_dataset("fashion-mnist", data_dir=folder, cache_dir=tmp_path / "cache")
     train, _ = load_dataset("mnist", data_dir=folder, cache_dir=tmp_path / "cache")
     assert len(train) == 12
+
+
+def test_images_have_the_standard_nchw_strides_even_with_one_channel():
+    # Strides (HW, 1, W, 1) would be "contiguous" and channels-last at once; torch's CPU convolution
+    # backward has crashed on such inputs, so the datasets hand out the plain layout.
+    train, _ = load_dataset("mnist-sample")
+    n, c, h, w = train.images.shape
+    assert c == 1 and train.images.stride() == (c * h * w, h * w, w, 1)

@@ -115,10 +115,14 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None,
 
 def _normalise(images: np.ndarray, spec: DatasetSpec) -> torch.Tensor:
     """uint8 (N, H, W[, C]) -> float32 (N, C, H, W), (x/255 - mean) / std per channel, in two in-place passes."""
-    x = torch.from_numpy(np.ascontiguousarray(images))
-    if x.ndim == 3:
-        x = x.unsqueeze(-1)
-    x = x.permute(0, 3, 1, 2).contiguous().to(torch.float32)
+    if images.ndim == 3:
+        images = images[..., None]
+    # NHWC -> NCHW copied into a new tensor, so the strides are the standard ones. (A permuted torch tensor
+    # with one channel has strides (HW, 1, W, 1): "contiguous" and channels-last at once, and torch 2.13's
+    # CPU convolution backward corrupts memory on such ambiguous inputs in some networks, e.g. a CIFAR
+    # ResNet on MNIST: a segfault or a hang.)
+    source = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    x = torch.empty(source.shape, dtype=torch.float32).copy_(source)  # fresh tensor: standard strides
     std = torch.tensor(spec.std).view(1, -1, 1, 1)
     mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
     return x.mul_(1.0 / (255.0 * std)).sub_(mean / std)
