@@ -1,4 +1,4 @@
-# Set-up: `make demo` (a two-minute comparison on the embedded MNIST sample) and `make test`.
+# Set-up: `make demo` (about a minute: every method on the embedded MNIST sample) and `make test`.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available; default)")
     run.set_defaults(func=cmd_run)
 
-    demo = sub.add_parser("demo", help="compare every method on the embedded MNIST sample (about 2 minutes)")
+    demo = sub.add_parser("demo", help="compare every method on the embedded MNIST sample (about a minute on 2 cores)")
     demo.add_argument("--out", default="demo", help="folder for the table and the plot")
     demo.add_argument("--epochs", type=int, default=3)
     demo.add_argument("--threads", type=int, default=None)
