@@ -4,12 +4,19 @@ Tables: test accuracy mean ± std over seeds for every method × sparsity (per d
 with the dense reference; parameters, FLOPs and time. Plots: accuracy against the fraction of weights
 remaining (log axis, one line per method, error bars over seeds), accuracy against total training time,
 and, for structured runs, accuracy against FLOPs.
+
+Every method has one look (colour, marker, line style) in all plots of all reports: fixed for the methods of
+``earlyprune.methods()``, a shade of the method's colour for its structured and after-init variants. On the
+scatter plots a point's marker size tells its sparsity (with a key in the legend) and, where there is room, a
+small label beside it. Cost columns pick the unit (k/M/G/T/P) that shows every row with significant digits.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -86,8 +93,10 @@ def markdown_tables(summary: dict[tuple[str, str], dict[str, Any]]) -> str:
         if DENSE in rows:
             d = rows[DENSE][None]
             m, s = d["accuracy"]
+            flops = _Unit.choose([d["effective_flops"]], "FLOPs", legacy=("M", 2))
             parts.append(f"Dense reference: {m:.2f} ± {s:.2f}% ({d['seeds']} seed(s)), "
-                         f"{d['nonzero_params']:,.0f} parameters, {d['effective_flops'] / 1e6:.2f} MFLOPs.\n")
+                         f"{d['nonzero_params']:,.0f} parameters, {flops.format(d['effective_flops'])} "
+                         f"{flops.name}.\n")
         if sparsities:
             header = "| method | " + " | ".join(f"{100 * s:g}%" for s in sparsities) + " |"
             parts += ["Test accuracy (%), mean ± std over seeds, by target sparsity:\n", header,
@@ -103,9 +112,15 @@ def markdown_tables(summary: dict[tuple[str, str], dict[str, Any]]) -> str:
                 cell = by[None]
                 parts.append(f"{variant} (no target; it reached {100 * cell['achieved_sparsity']:.2f}% weight "
                              f"sparsity): accuracy (%) {_accuracy_cell(cell)}.\n")
-        with_training_flops = any(c["training_flops"] for by in rows.values() for c in by.values())
-        columns = ["method", "sparsity", "accuracy (%)", "non-zero params", "eff. MFLOPs"]
-        columns += ["training PFLOPs"] if with_training_flops else []
+        cells = [c for by in rows.values() for c in by.values()]
+        with_training_flops = any(c["training_flops"] for c in cells)
+        # Each cost column gets the unit (and decimals) that shows every row with significant digits: an
+        # MNIST run's training compute is a few GFLOPs, a CIFAR run's a fraction of a PFLOP.
+        eff = _Unit.choose([c["effective_flops"] for c in cells], "FLOPs", legacy=("M", 3))
+        train = _Unit.choose([c["training_flops"] for c in cells], "FLOPs", legacy=("P", 4))
+        secs = _Unit.choose([c["seconds"] for c in cells], "s", legacy=("", 1), significant=2, prefixes=("",))
+        columns = ["method", "sparsity", "accuracy (%)", "non-zero params", f"eff. {eff.name}"]
+        columns += [f"training {train.name}"] if with_training_flops else []
         columns += ["time (s)"]
         parts += ["Size, cost and time (mean over seeds; sparsity is the achieved weight sparsity; training "
                   "FLOPs count forward + backward of every epoch at the model's size then; time is scoring + "
@@ -115,11 +130,11 @@ def markdown_tables(summary: dict[tuple[str, str], dict[str, Any]]) -> str:
             for s in _ordered(by):
                 cell = by[s]
                 values = [variant, f"{100 * cell['achieved_sparsity']:.4g}%", _accuracy_cell(cell),
-                          f"{cell['nonzero_params']:,.0f}", f"{cell['effective_flops'] / 1e6:.3f}"]
+                          f"{cell['nonzero_params']:,.0f}", eff.format(cell["effective_flops"])]
                 if with_training_flops:
                     flops = cell["training_flops"]
-                    values.append("–" if flops is None else f"{flops / 1e15:.4f}")
-                values += [f"{cell['seconds']:.1f}"]
+                    values.append("–" if flops is None else train.format(flops))
+                values += [secs.format(cell["seconds"])]
                 parts.append("| " + " | ".join(values) + " |")
         parts.append("")
     return "\n".join(parts)
@@ -130,64 +145,361 @@ def _accuracy_cell(cell: dict[str, Any]) -> str:
     return f"{m:.2f} ± {sd:.2f}" + (f" (n={cell['seeds']})" if cell["seeds"] == 1 else "")
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Units for the cost columns and axes.
+
+_PREFIXES = {"": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
+
+
+def _shown_digits(value: float, decimals: int) -> int:
+    """How many significant digits ``value`` (> 0) keeps when printed with ``decimals`` decimals."""
+    return math.floor(math.log10(value)) + 1 + decimals
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """A unit for one table column (or axis): an SI prefix and a number of decimals shared by its rows."""
+
+    prefix: str
+    unit: str
+    decimals: int
+
+    @property
+    def scale(self) -> float:
+        return _PREFIXES[self.prefix]
+
+    @property
+    def name(self) -> str:
+        return self.prefix + self.unit
+
+    def format(self, value: float) -> str:
+        return f"{value / self.scale:,.{self.decimals}f}"
+
+    @classmethod
+    def choose(cls, values: Iterable[float | None], unit: str, legacy: tuple[str, int], significant: int = 3,
+               prefixes: Iterable[str] = tuple(_PREFIXES)) -> "_Unit":
+        """The column's former format ``legacy`` (prefix, decimals) while it shows every non-zero value with
+        at least ``significant`` digits (so reports that read well do not change); otherwise the largest
+        prefix in which the smallest value is at least 1, with enough decimals for ``significant`` digits."""
+        nonzero = [abs(v) for v in values if v]
+        prefix, decimals = legacy
+        if not nonzero or _shown_digits(min(nonzero) / _PREFIXES[prefix], decimals) >= significant:
+            return cls(prefix, unit, decimals)
+        smallest = min(nonzero)
+        prefixes = sorted(prefixes, key=_PREFIXES.__getitem__)
+        prefix = ([p for p in prefixes if smallest >= _PREFIXES[p]] or prefixes[:1])[-1]
+        decimals = max(0, significant - _shown_digits(smallest / _PREFIXES[prefix], 0))
+        return cls(prefix, unit, decimals)
+
+
+def _axis_unit(values: Iterable[float], unit: str) -> _Unit:
+    """The prefix that puts the largest value between 1 and 1000 (an axis needs no fixed decimals)."""
+    largest = max((abs(v) for v in values if v), default=0.0)
+    prefix = max((p for p in _PREFIXES if largest >= _PREFIXES[p]), key=_PREFIXES.__getitem__, default="")
+    return _Unit(prefix, unit, 0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One look per method, the same in every plot of every report.
+
+_DENSE_LOOK = {"color": "black", "marker": "s", "linestyle": "--", "markerscale": 0.9}
+_MARKER_SCALE = {"^": 1.3, "v": 1.3, "D": 0.85, "s": 0.9}  # so that every marker looks about as large
+# The methods of ``earlyprune.methods()``; a method not listed gets a colour of _FALLBACK_COLOURS, in the
+# sorted order of such methods in the report.
+_METHOD_COLOURS = {
+    "random": "#7f7f7f",  # grey
+    "magnitude": "#8c564b",  # brown
+    "snip": "#1f77b4",  # blue
+    "grasp": "#ff7f0e",  # orange
+    "synflow": "#9467bd",  # purple
+    "prospr": "#bcbd22",  # olive
+    "crop": "#d62728",  # red
+    "snip-it": "#17becf",  # cyan
+    "crop-it": "#e377c2",  # pink
+    "activation_density": "#2ca02c",  # green
+}
+_FALLBACK_COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
+_FALLBACK_MARKERS = ("o", "P", "X", "p", "h", "*")
+# How and when a method pruned, (structured, after init): a shade of its colour (negative: darker), a marker
+# and a line style. "crop", "crop @early" and "crop (structured) @early" are three reds, told apart.
+_VARIANT_LOOK = {
+    (False, False): (0.0, "o", "-"),
+    (False, True): (-0.45, "^", "--"),
+    (True, False): (0.35, "D", ":"),
+    (True, True): (0.35, "v", "-."),
+}
+
+
+def _parse_variant(variant: str) -> tuple[str, bool, bool]:
+    """``_variant``'s label back to (method, structured, pruned after init)."""
+    return variant.split(" (structured)")[0].split(" @")[0], " (structured)" in variant, " @" in variant
+
+
+def _shade(colour: str, amount: float) -> tuple[float, float, float]:
+    from matplotlib.colors import to_rgb
+
+    target = 1.0 if amount > 0 else 0.0
+    return tuple(c + abs(amount) * (target - c) for c in to_rgb(colour))
+
+
+def method_styles(variants: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Colour, marker and line style of every variant (line label) in ``variants``: fixed for the known
+    methods, so a method looks the same in every plot; other methods by their sorted order."""
+    variants = list(dict.fromkeys(variants))
+    unknown = sorted({_parse_variant(v)[0] for v in variants if v != DENSE} - set(_METHOD_COLOURS))
+    styles = {}
+    for variant in variants:
+        if variant == DENSE:
+            styles[variant] = dict(_DENSE_LOOK)
+            continue
+        method, structured, timed = _parse_variant(variant)
+        shade, marker, linestyle = _VARIANT_LOOK[(structured, timed)]
+        if method in _METHOD_COLOURS:
+            colour = _METHOD_COLOURS[method]
+        else:
+            i = unknown.index(method)
+            colour = _FALLBACK_COLOURS[i % len(_FALLBACK_COLOURS)]
+            if i >= len(_FALLBACK_COLOURS) and not (structured or timed):  # colours repeat: vary the marker
+                marker = _FALLBACK_MARKERS[(i // len(_FALLBACK_COLOURS)) % len(_FALLBACK_MARKERS)]
+        styles[variant] = {"color": _shade(colour, shade), "marker": marker, "linestyle": linestyle,
+                           "markerscale": _MARKER_SCALE.get(marker, 1.0)}
+    return styles
+
+
+def _report_styles(summary) -> dict[str, dict[str, Any]]:
+    return method_styles(v for rows in summary.values() for v in rows)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plots.
+
+_LEGEND = {"fontsize": 8, "loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "borderaxespad": 0.0}
+_PANEL_SIZE = (8.4, 4.8)  # inches per (dataset, model) panel, the legend beside it included
+
+
 def plot_accuracy_vs_remaining(summary, path: Path) -> None:
     """One panel per (dataset, model): accuracy against % of weights remaining, log x, error bars."""
     plt = _pyplot()
+    styles = _report_styles(summary)
     settings = list(summary)
-    fig, axes = plt.subplots(1, len(settings), figsize=(6.5 * len(settings), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(settings), figsize=(_PANEL_SIZE[0] * len(settings), _PANEL_SIZE[1]),
+                             squeeze=False)
+    tick_axes = []
     for ax, setting in zip(axes[0], settings):
         rows = summary[setting]
         ticks: set[float] = set()
         for variant, by in rows.items():
+            style = styles[variant]
             if variant == DENSE:
                 m, _ = by[None]["accuracy"]
-                ax.axhline(m, color="black", linestyle="--", linewidth=1, label=f"dense ({m:.1f}%)")
+                ax.axhline(m, color=style["color"], linestyle=style["linestyle"], linewidth=1,
+                           label=f"dense ({m:.1f}%)")
                 continue
             xs = [100 * (1 - by[s]["achieved_sparsity"]) for s in _ordered(by)]
-            ticks.update(round(x, 3) for x in xs)
+            ticks.update(float(f"{x:.3g}") for x in xs)
             ms = [by[s]["accuracy"][0] for s in _ordered(by)]
             sds = [by[s]["accuracy"][1] for s in _ordered(by)]
-            ax.errorbar(xs, ms, yerr=sds, marker="o", markersize=4, capsize=3, label=variant)
+            ax.errorbar(xs, ms, yerr=sds, color=style["color"], marker=style["marker"],
+                        markersize=5 * style["markerscale"],
+                        linestyle=style["linestyle"], capsize=3, label=variant)
         ax.set_xscale("log")
         if ticks:  # label the measured densities themselves: "10", "2", "1", "0.5" rather than powers of ten
             ax.set_xticks(sorted(ticks))
             ax.set_xticklabels([f"{t:g}" for t in sorted(ticks)])
             ax.minorticks_off()
+            tick_axes.append(ax)
         ax.invert_xaxis()
         ax.set_xlabel("weights remaining (%, log scale)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{setting[1]} on {setting[0]}")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        handles, labels = ax.get_legend_handles_labels()  # dense (the reference line) first
+        order = sorted(range(len(labels)), key=lambda i: not labels[i].startswith(f"{DENSE} ("))
+        ax.legend([handles[i] for i in order], [labels[i] for i in order], **_LEGEND)
+    fig.tight_layout()
+    renderer = fig.canvas.get_renderer()
+    for ax in tick_axes:
+        _thin_xticks(ax, renderer)
     _save(fig, path)
 
 
-_SCALE = {"effective_flops": 1e6, "training_flops": 1e15}
-
-
 def plot_accuracy_vs(summary, key: str, label: str, path: Path, only_structured: bool = False) -> None:
-    """Accuracy against ``key`` (``seconds`` or ``effective_flops``), one marker series per method."""
+    """Accuracy against ``key`` (``seconds``, ``effective_flops`` or ``training_flops``), one marker series
+    per method. A point's sparsity is its marker's size (explained in the legend) and, where there is room
+    for it, a small label beside it. For FLOPs, ``{unit}`` in ``label`` becomes the unit that fits."""
     plt = _pyplot()
+    from matplotlib.lines import Line2D
+
+    styles = _report_styles(summary)
     settings = list(summary)
-    fig, axes = plt.subplots(1, len(settings), figsize=(6.5 * len(settings), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(settings), figsize=(_PANEL_SIZE[0] * len(settings), _PANEL_SIZE[1]),
+                             squeeze=False)
+    # one size per sparsity across the panels (those of the points this plot shows)
+    sizes = _marker_sizes(_sparsity_value(v, s, by[s]) for rows in summary.values() for v, by in rows.items()
+                          for s in by if by[s][key] is not None
+                          and not (only_structured and "structured" not in v and v not in _NO_TARGET))
+    labelled = []
     for ax, setting in zip(axes[0], settings):
+        series = []
         for variant, by in summary[setting].items():
             if only_structured and "structured" not in variant and variant not in _NO_TARGET:
                 continue
             measured = [s for s in _ordered(by) if by[s][key] is not None]
-            if not measured:
-                continue
-            xs = [by[s][key] / _SCALE.get(key, 1) for s in measured]
-            ms = [by[s]["accuracy"][0] for s in measured]
-            sds = [by[s]["accuracy"][1] for s in measured]
-            ax.errorbar(xs, ms, yerr=sds, marker="s" if variant == DENSE else "o", linestyle="none", capsize=3,
-                        label=variant)
-        ax.set_xlabel(label)
+            if measured:
+                series.append((variant, by, measured))
+        unit = _axis_unit((by[s][key] for _, by, measured in series for s in measured), "FLOPs")
+        scale = unit.scale if key.endswith("flops") else 1.0
+        points, handles = [], []
+        series.sort(key=lambda item: item[0] != DENSE)  # dense first, in the legend too
+        for variant, by, measured in series:
+            style = styles[variant]
+            for s in measured:
+                cell = by[s]
+                x, (m, sd) = cell[key] / scale, cell["accuracy"]
+                value = _sparsity_value(variant, s, cell)
+                size = (_DENSE_SIZE if value is None else sizes[value]) * style["markerscale"]
+                ax.errorbar([x], [m], yerr=[sd], color=style["color"], marker=style["marker"], markersize=size,
+                            markeredgecolor="white", markeredgewidth=0.5, linestyle="none", capsize=3,
+                            elinewidth=1, zorder=3)
+                points.append((x, m, sd, None if value is None else f"{value:g}%", style["color"], size))
+            handles.append(Line2D([], [], color=style["color"], marker=style["marker"], linestyle="none",
+                                  markersize=6 * style["markerscale"], label=variant))
+        shown = sorted({p[3] for p in points if p[3] is not None}, key=lambda t: float(t[:-1]))
+        if shown:  # the key to the marker sizes of this panel, after the methods
+            handles.append(Line2D([], [], linestyle="none", label="sparsity (marker size):"))
+            handles += [Line2D([], [], color="0.45", marker="o", linestyle="none",
+                               markersize=sizes[float(text[:-1])], label=text) for text in shown]
+        ax.margins(x=0.08, y=0.08)  # room for the labels of the outermost points
+        xlabel = label.format(unit=unit.name) if key.endswith("flops") else label
+        xs = [p[0] for p in points if p[0] > 0]
+        if xs and max(xs) >= _LOG_SPAN * min(xs):  # a slow outlier would squeeze all the others together
+            _plain_log_xaxis(ax)
+            xlabel = xlabel[:-1] + ", log scale)" if xlabel.endswith(")") else xlabel + " (log scale)"
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{setting[1]} on {setting[0]}")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(handles=handles, **_LEGEND)
+        labelled.append((ax, points))
+    fig.tight_layout()
+    renderer = fig.canvas.get_renderer()
+    for ax, points in labelled:
+        _thin_xticks(ax, renderer)
+        _label_points(ax, points, renderer)
     _save(fig, path)
+
+
+_LOG_SPAN = 4.0  # a panel whose x values span this factor or more gets a log x axis
+
+
+def _plain_log_xaxis(ax) -> None:
+    """A log x axis whose ticks read as plain numbers (50, 100, 200, 300), not powers of ten."""
+    from matplotlib.ticker import NullFormatter, NullLocator
+
+    ax.set_xscale("log")
+    low, high = sorted(ax.get_xlim())
+    decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+    for mantissas in ((1, 2, 5), (1, 2, 3, 5), (1, 1.5, 2, 3, 4, 5, 6, 8), (1, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)):
+        ticks = [m * 10.0**e for e in decades for m in mantissas if low <= m * 10.0**e <= high]
+        if len(ticks) >= 4:
+            break
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+_DENSE_SIZE = 6.5
+_SIZE_RANGE = (5.0, 10.0)  # marker sizes (points) of the least and the most sparse point of a panel
+
+
+def _sparsity_value(variant: str, target: float | None, cell: dict[str, Any]) -> float | None:
+    """A point's sparsity (%) as the plots show it: its target; for a method without one (activation
+    density), the sparsity it reached; None for dense."""
+    if variant == DENSE:
+        return None
+    return float(f"{100 * (cell['achieved_sparsity'] if target is None else target):.3g}")
+
+
+def _marker_sizes(values: Iterable[float | None]) -> dict[float, float]:
+    """Marker size of each sparsity in a panel, by rank: sparser points are larger."""
+    ranked = sorted({v for v in values if v is not None})
+    low, high = _SIZE_RANGE
+    if len(ranked) == 1:
+        return {ranked[0]: (low + high) / 2}
+    return {v: low + (high - low) * i / (len(ranked) - 1) for i, v in enumerate(ranked)}
+
+
+# Where a point's label may go, nearest first: offset (points, beyond the marker's edge) from the point,
+# and the text's alignment. The further ones get a thin leader line.
+_LABEL_OFFSETS = [
+    (dx * r, dy * r, ha, va)
+    for r in (1.0, 4.5)
+    for dx, dy, ha, va in [(1, 0, "left", "center"), (-1, 0, "right", "center"), (0.75, 0.75, "left", "bottom"),
+                           (-0.75, 0.75, "right", "bottom"), (0.75, -0.75, "left", "top"),
+                           (-0.75, -0.75, "right", "top"), (0, 1, "center", "bottom"), (0, -1, "center", "top")]
+]
+
+
+def _label_points(ax, points, renderer) -> None:
+    """Write each point's sparsity label (small, in a darker shade of its colour) at the nearest offset where it covers
+    no other label, marker or error bar and stays inside the axes; a label set further out gets a thin
+    leader line. A point with no such place stays unlabelled: its marker's size still tells its sparsity."""
+    from matplotlib.transforms import Bbox
+
+    to_pixels = ax.transData.transform
+    pixels_per_point = ax.figure.dpi / 72
+    obstacles = []  # (bbox, index of the point it belongs to)
+    for i, (x, y, sd, _, _, size) in enumerate(points):
+        px, py = to_pixels((x, y))
+        r = (size / 2 + 1) * pixels_per_point
+        obstacles.append((Bbox.from_extents(px - r, py - r, px + r, py + r), i))
+        if sd:
+            (_, low), (_, high) = to_pixels((x, y - sd)), to_pixels((x, y + sd))
+            w = 3 * pixels_per_point  # the caps
+            obstacles.append((Bbox.from_extents(px - w, low - 1, px + w, high + 1), i))
+    frame = ax.get_window_extent(renderer)
+    placed: list = []
+    for i, (x, y, _, text, colour, size) in enumerate(points):
+        if text is None:
+            continue
+        for n, (dx, dy, ha, va) in enumerate(_LABEL_OFFSETS):
+            far = n >= 8
+            gap = size / 2 + 2  # points from the centre to just beyond the marker
+            note = ax.annotate(text, (x, y), xytext=(dx * gap, dy * gap), textcoords="offset points", ha=ha,
+                               va=va, fontsize=6.5, color=_shade(colour, -0.25), annotation_clip=False, zorder=4,
+                               arrowprops={"arrowstyle": "-", "color": colour, "linewidth": 0.5,
+                                           "shrinkA": 0, "shrinkB": size / 2} if far else None)
+            box = note.get_window_extent(renderer).expanded(1.06, 1.1)
+            free = (_overlap(box, frame) >= box.width * box.height - 1e-6
+                    and not any(_overlap(box, other) for other in placed)
+                    and not any(_overlap(box, other) for other, owner in obstacles if owner != i or far))
+            if free:
+                placed.append(box)
+                break
+            note.remove()
+
+
+def _overlap(a, b) -> float:
+    width = min(a.x1, b.x1) - max(a.x0, b.x0)
+    height = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return width * height if width > 0 and height > 0 else 0.0
+
+
+def _thin_xticks(ax, renderer) -> None:
+    """Drop the measured-density ticks whose labels would run into their neighbour's (10.5 next to 11.8)."""
+    ticks = list(ax.get_xticks())
+    labels = ax.get_xticklabels()
+    boxes = [label.get_window_extent(renderer) for label in labels]
+    kept, last = [], None
+    for tick, label, box in sorted(zip(ticks, labels, boxes), key=lambda t: t[2].x0):
+        if last is None or box.x0 > last.x1 + 8:
+            kept.append((tick, label.get_text()))
+            last = box
+    ax.set_xticks([t for t, _ in kept])
+    ax.set_xticklabels([text for _, text in kept])
+    ax.minorticks_off()
+
 
 
 def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> Path:
@@ -209,10 +521,11 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     plot_accuracy_vs(summary, "seconds", "total time: scoring + training (s)", out / "accuracy_vs_time.png")
     figures = ["accuracy_vs_sparsity.png", "accuracy_vs_time.png"]
     if any(r.get("structured") for r in records):
-        plot_accuracy_vs(summary, "effective_flops", "FLOPs per example (M)", out / "accuracy_vs_flops.png", True)
+        plot_accuracy_vs(summary, "effective_flops", "effective FLOPs per example ({unit})",
+                         out / "accuracy_vs_flops.png", True)
         figures.append("accuracy_vs_flops.png")
     if any(r.get("when", "init") != "init" or r["method"] == "activation_density" for r in records):
-        plot_accuracy_vs(summary, "training_flops", "training compute: forward + backward FLOPs (×10¹⁵)",
+        plot_accuracy_vs(summary, "training_flops", "training compute: forward + backward ({unit})",
                          out / "accuracy_vs_training_flops.png")
         figures.append("accuracy_vs_training_flops.png")
     text = f"# Results: {results_dir}\n\n{len(records)} runs.\n\n{tables}\n" + "".join(
@@ -234,8 +547,7 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
     plt.close(fig)
