@@ -66,6 +66,19 @@ def test_embedding_and_norms_are_not_prunable_and_tied_weights_appear_once():
 
     assert list(prunable_parameters(Tied())) == ["proj.weight", "out.weight"]
 
+    class TiedToEmbedding(nn.Module):  # a language model's head sharing the input embedding
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(10, 6)
+            self.mid = nn.Linear(6, 6)
+            self.head = nn.Linear(6, 10, bias=False)
+            self.head.weight = self.embed.weight
+
+        def forward(self, x):
+            return self.head(self.mid(self.embed(x)))
+
+    assert list(prunable_parameters(TiedToEmbedding())) == ["mid.weight"]
+
 
 @pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
 def test_pruned_weights_stay_exactly_zero_for_50_steps(opt_name):

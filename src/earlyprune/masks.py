@@ -52,11 +52,14 @@ def prunable_parameters(
     By default the ``weight`` of every Linear and Conv1d/2d/3d layer is prunable, first and last layer
     included; biases, normalisation and embedding parameters are not. ``exclude`` removes layers by module
     name (exact, or a prefix followed by ``.``), by parameter name, or by module type. A weight shared by
-    several layers (tied weights) appears once, under its first name.
+    several layers (tied weights) appears once, under its first name; one tied to a layer that is not
+    prunable (a language model's output head sharing the input Embedding's weight) is not prunable.
     """
     excluded_names = {e for e in exclude if isinstance(e, str)}
     excluded_types = tuple(e for e in exclude if isinstance(e, type))
-    seen: set[int] = set()
+    # Weights owned by a module of another kind (Embedding, norms) stay dense even where a Linear shares them.
+    seen: set[int] = {id(m.weight) for m in model.modules()
+                      if not isinstance(m, include_types) and isinstance(getattr(m, "weight", None), nn.Parameter)}
     found: dict[str, nn.Parameter] = {}
     for module_name, module in model.named_modules():
         if not isinstance(module, include_types) or (excluded_types and isinstance(module, excluded_types)):
