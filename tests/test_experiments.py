@@ -102,7 +102,10 @@ def test_cli_bad_input_is_one_clear_line_not_a_traceback(tmp_path, capsys):
     for extra, expected in [(["--model", "lenet7"], "unknown model 'lenet7'; known models: lenet300"),
                             (["--dataset", "imagenet"], "unknown dataset 'imagenet'; known datasets: mnist"),
                             (["--method", "snap"], "known methods: random, .*crop-it, activation_density, or 'dense'"),
-                            (["--device", "tpu"], "unknown device 'tpu'")]:
+                            (["--device", "tpu"], "unknown device 'tpu'"),
+                            (["--method", "snip", "--prune-every", "2"], "--prune-every applies to"),
+                            (["--method", "dense", "--structured"], "do not apply to --method dense"),
+                            (["--method", "activation_density", "--when", "early"], "--when does not apply")]:
         assert main(base + extra) == 2
         err = capsys.readouterr().err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -49,11 +49,27 @@ def _config_from(args: argparse.Namespace):
     return RunConfig(**{k: v for k, v in vars(args).items() if k in names})
 
 
+def _refuse_flags_that_do_not_apply(config) -> None:
+    """A flag the chosen method ignores is an error on the command line, not a silent no-op."""
+    from .errors import PruningError
+    from .experiments.config import DENSE
+
+    density = config.method == "activation_density"
+    if config.prune_every != 1 and not density:
+        raise PruningError("--prune-every applies to --method activation_density only")
+    if config.method == DENSE and (config.structured or config.when != "init"):
+        raise PruningError("--structured and --when do not apply to --method dense (nothing is pruned)")
+    if density and config.when != "init":
+        raise PruningError("--when does not apply to activation_density, which resizes every --prune-every epochs "
+                           "from the start of training")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .experiments.records import append_record
     from .experiments.run import run_experiment
 
     config = _config_from(args)
+    _refuse_flags_that_do_not_apply(config)
     from .distributed import rank
 
     if args.skip_existing:
