@@ -33,7 +33,7 @@ Choices where the paper is silent (documented and tested):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch

@@ -21,9 +21,8 @@ from .scoring_data import class_balanced, first_batches, is_batch_list
 from .selection import (
     check_sparsity,
     collapse_message,
-    crop_it_schedule,
-    exponential_schedule,
     reshape_like,
+    schedule_targets,
     select,
 )
 
@@ -143,7 +142,7 @@ def prune(
         raise PruningError(_NO_PRUNABLE)
     if iterations is None:
         iterations = criterion.default_iterations
-    targets = _targets(sparsity, iterations, schedule)
+    targets = schedule_targets(sparsity, schedule, iterations)
     batches = _scoring_batches(model, criterion, data, num_batches, samples_per_class)
     if criterion.name == "synflow" and batches is None and "input_shape" not in options:
         options["input_shape"] = getattr(model, "input_shape", None)
@@ -231,19 +230,6 @@ def _resolve_method(
             "in the training loop (or `earlyprune run --method activation_density`)"
         )
     return method, schedule
-
-
-def _targets(sparsity: float, iterations: int, schedule: str | Sequence[float] | None) -> list[float]:
-    if schedule is None or schedule == "exponential":
-        return exponential_schedule(sparsity, iterations)
-    if schedule == "crop-it":
-        return crop_it_schedule(sparsity)
-    if isinstance(schedule, str):
-        raise PruningError(f"schedule must be 'exponential', 'crop-it' or a list of sparsities, got {schedule!r}")
-    steps = [check_sparsity(s, "schedule entry") for s in schedule]
-    if not steps or any(b < a for a, b in zip(steps, steps[1:])) or abs(steps[-1] - sparsity) > 1e-12:
-        raise PruningError(f"schedule must be non-decreasing and end at sparsity {sparsity}, got {list(schedule)}")
-    return steps
 
 
 def _scoring_batches(model: nn.Module, criterion: Any, data: Any, num_batches: int, samples_per_class: int):

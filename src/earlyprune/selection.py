@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -202,3 +203,21 @@ def crop_it_schedule(sparsity: float, steps: int = 6) -> list[float]:
         if 0.0 < v <= sparsity and (not schedule or v > schedule[-1]):
             schedule.append(v)
     return schedule or [sparsity]
+
+
+def schedule_targets(sparsity: float, schedule: Any = None, iterations: int = 1) -> list[float]:
+    """The sparsity reached after each round of pruning.
+
+    ``schedule``: ``None``/``"exponential"`` (SynFlow's d^(i/n) over ``iterations`` rounds; one round is
+    one shot), ``"crop-it"`` (EarlyCroP's), or an explicit non-decreasing list ending at ``sparsity``.
+    """
+    if schedule is None or schedule == "exponential":
+        return exponential_schedule(sparsity, iterations)
+    if schedule == "crop-it":
+        return crop_it_schedule(sparsity)
+    if isinstance(schedule, str):
+        raise PruningError(f"schedule must be 'exponential', 'crop-it' or a list of sparsities, got {schedule!r}")
+    steps = [check_sparsity(s, "schedule entry") for s in schedule]
+    if not steps or any(b < a for a, b in zip(steps, steps[1:])) or abs(steps[-1] - sparsity) > 1e-12:
+        raise PruningError(f"schedule must be non-decreasing and end at sparsity {sparsity}, got {list(schedule)}")
+    return steps

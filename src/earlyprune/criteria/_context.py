@@ -8,7 +8,7 @@ the train/eval mode of every submodule, accumulated gradients, or the global ran
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any, Callable
 
 import torch

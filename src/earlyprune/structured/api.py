@@ -11,7 +11,7 @@ from ..criteria import as_batches
 from ..criteria._context import model_device, model_dtype, to_device
 from ..errors import PruningError
 from ..scoring_data import first_batches, is_batch_list
-from ..selection import check_sparsity, crop_it_schedule
+from ..selection import check_sparsity, schedule_targets
 from .groups import build_groups
 from .importance import channel_importance
 from .selection import select_channels
@@ -51,7 +51,7 @@ def prune_structured(
     if options:
         raise PruningError(f"unknown option(s) for structured pruning: {sorted(options)}")
     sparsity = check_sparsity(sparsity)
-    targets = _structured_targets(sparsity, schedule)
+    targets = schedule_targets(sparsity, schedule)  # one round unless a schedule is given
     batches = None
     if data is not None:
         batches = as_batches(data) if is_batch_list(data) else first_batches(data, num_batches)
@@ -84,20 +84,6 @@ def prune_structured(
         combined = result if combined is None else combined.then(result)
     model.earlyprune_shrink = combined
     return model
-
-
-def _structured_targets(sparsity: float, schedule: Any) -> list[float]:
-    """The fractions of channels removed after each round."""
-    if schedule is None or schedule == "exponential":
-        return [sparsity]
-    if schedule == "crop-it":
-        return crop_it_schedule(sparsity)
-    if isinstance(schedule, str):
-        raise PruningError(f"schedule must be 'crop-it', 'exponential' or a list of fractions, got {schedule!r}")
-    steps = [check_sparsity(s, "schedule entry") for s in schedule]
-    if not steps or any(b < a for a, b in zip(steps, steps[1:])) or abs(steps[-1] - sparsity) > 1e-12:
-        raise PruningError(f"schedule must be non-decreasing and end at sparsity {sparsity}, got {list(schedule)}")
-    return steps
 
 
 def _one(inputs: Any) -> Any:
