@@ -313,3 +313,9 @@ def test_run_prunes_during_training_and_records_what_it_did(tmp_path, extra, kin
         assert events[0]["epoch"] == 1 and set(events[0]["widths_before"]) == set(events[0]["widths_after"])
         assert any(events[0]["widths_after"][k] < v for k, v in events[0]["widths_before"].items())
         assert record["params"] < record["dense_params"]
+
+
+def test_a_model_alias_is_the_same_run_as_its_canonical_name():
+    assert RunConfig(model="LeNet-5").model == "lenet5"
+    assert RunConfig(model="lenet-5").key() == RunConfig(model="lenet5").key()
+    assert RunConfig(model="resnet-20").key() != RunConfig(model="lenet5").key()

@@ -47,6 +47,13 @@ class RunConfig:
     train_subset: int | None = None  # first N training examples (stratification is the dataset's order)
 
     def __post_init__(self) -> None:
+        # One spelling per model, so "lenet-5" and "lenet5" are one run (one key) wherever a config comes from.
+        from .. import models
+
+        try:
+            self.model = models.spec(self.model).name
+        except ValueError:
+            pass  # unknown: refused, with the known names, when the run starts
         if self.method != DENSE:
             check_sparsity(self.sparsity)
         if self.epochs < 0 or self.batch_size < 1:
