@@ -73,3 +73,32 @@ def cnn():
 @pytest.fixture
 def cnn_batch():
     return batch_for(SmallCNN.input_shape)
+
+
+def store_count(results) -> int:
+    """Finished runs in the results store of ``results`` (0 before the store exists)."""
+    from earlyprune.experiments.store import ResultsStore
+
+    if not (results / "results.sqlite").exists():
+        return 0
+    with ResultsStore(results) as store:
+        return len(store.keys())
+
+
+def assert_sweep_resumes_with_every_cell_once(command, config, results, partial: int) -> None:
+    """Run the killed sweep ``command`` again: it finds the ``partial`` finished cells, runs the rest, and the
+    store ends with every cell of ``config`` exactly once, each with its curve, and no corrupt row."""
+    import subprocess
+
+    from earlyprune.experiments.store import ResultsStore
+    from earlyprune.experiments.sweep import load_sweep
+
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert f"{partial} done" in finished.stdout
+    cells, _ = load_sweep(config)
+    with ResultsStore(results) as store:
+        assert store.integrity_ok()
+        keys = [r["key"] for r in store.records()]
+        assert sorted(keys) == sorted(c.key() for c in cells)  # every cell exactly once
+        assert all(len(store.curve(c.key())) == c.epochs for c in cells)  # with one curve point per epoch

@@ -130,18 +130,24 @@ def test_resizing_during_training_keeps_training_and_stops():
     assert torch.isfinite(model(x)).all()
 
 
-def test_no_resize_after_the_last_epoch():
+def train_lenet5_with_density_pruner(epochs: int, tell_epoch: bool, **pruner_options) -> ActivationDensityPruner:
+    """One training step per "epoch" on a fixed batch, then ``epoch_end`` (told the epoch, or not)."""
     torch.manual_seed(0)
     model = models.create("lenet5")
     x, y = torch.randn(16, *model.input_shape), torch.arange(16) % 10
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    pruner = ActivationDensityPruner(model, x[:1], optimizer=optimizer, prune_every=1, stop_below=0.0, last_epoch=2,
-                                     count_every=1)
-    for epoch in range(1, 6):
+    pruner = ActivationDensityPruner(model, x[:1], optimizer=optimizer, stop_below=0.0, count_every=1,
+                                     **pruner_options)
+    for epoch in range(1, epochs + 1):
         optimizer.zero_grad()
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
-        pruner.epoch_end(epoch)
+        pruner.epoch_end(epoch if tell_epoch else None)
+    return pruner
+
+
+def test_no_resize_after_the_last_epoch():
+    pruner = train_lenet5_with_density_pruner(5, tell_epoch=True, prune_every=1, last_epoch=2)
     assert [e.epoch for e in pruner.events] == [1, 2]  # ReLU layers near half dense shrink every epoch until 2
     assert pruner.stopped
 
@@ -163,17 +169,8 @@ def test_other_activations_and_functional_relu_are_refused():
 
 
 def test_epochs_are_counted_across_resizes_when_not_given():
-    torch.manual_seed(0)
-    model = models.create("lenet5")
-    x, y = torch.randn(16, *model.input_shape), torch.arange(16) % 10
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    pruner = ActivationDensityPruner(model, x[:1], optimizer=optimizer, prune_every=2, stop_below=0.0, last_epoch=6,
-                                     count_every=1)
-    for _ in range(10):
-        optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-        pruner.epoch_end()  # no epoch given: the pruner counts the calls
+    # no epoch given to epoch_end: the pruner counts the calls
+    pruner = train_lenet5_with_density_pruner(10, tell_epoch=False, prune_every=2, last_epoch=6)
     assert [e.epoch for e in pruner.events] == [2, 4, 6] and pruner.stopped
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import assert_sweep_resumes_with_every_cell_once, store_count
 import torch
 
 import earlyprune as ep
@@ -193,13 +194,6 @@ def test_sweep_cells_are_the_grid_with_dense_once(tmp_path):
     )
 
 
-def _store_count(results: Path) -> int:
-    if not (results / "results.sqlite").exists():
-        return 0
-    with ResultsStore(results) as store:
-        return len(store.keys())
-
-
 def test_sweep_killed_with_sigkill_resumes_with_every_cell_once(tmp_path):
     results = tmp_path / "res"
     cfg = tmp_path / "s.toml"
@@ -207,21 +201,13 @@ def test_sweep_killed_with_sigkill_resumes_with_every_cell_once(tmp_path):
     command = [sys.executable, "-m", "earlyprune.cli", "sweep", str(cfg)]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while _store_count(results) < 2 and time.time() < deadline and proc.poll() is None:
+    while store_count(results) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    partial = _store_count(results)
+    partial = store_count(results)
     assert 2 <= partial < 6, "the sweep should have been killed part-way"
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert finished.returncode == 0, finished.stderr
-    assert f"{partial} done" in finished.stdout
-    cells, _ = load_sweep(cfg)
-    with ResultsStore(results) as store:
-        assert store.integrity_ok()
-        keys = [r["key"] for r in store.records()]
-        assert sorted(keys) == sorted(c.key() for c in cells)  # every cell exactly once
-        assert all(len(store.curve(k)) == 1 for k in keys)
+    assert_sweep_resumes_with_every_cell_once(command, cfg, results, partial)
 
 
 def _writer(results: str, worker: int, count: int) -> None:

@@ -629,13 +629,18 @@ def test_structured_prune_on_a_schedule_rescores_each_round_and_composes_the_kep
         torch.testing.assert_close(slice_like(before[name], result.kept_indices.get(name, {})), param.detach())
 
 
-def test_structured_early_pruner_prunes_on_the_crop_it_schedule_and_training_goes_on():
+def test_structured_early_pruner_prunes_on_the_crop_it_schedule_and_training_goes_on(monkeypatch):
+    import earlyprune.structured.api as api
     from earlyprune import EarlyPruner
+    from earlyprune.selection import crop_it_schedule
 
+    rounds = []
+    original = api.channel_importance
+    monkeypatch.setattr(api, "channel_importance", lambda *a, **k: rounds.append(1) or original(*a, **k))
     model, x, y = make("resnet20")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     total = sum(g.size for g in channel_groups(model, x[:1]))
-    pruner = EarlyPruner(model, "crop", 0.5, (x, y), structured=True, optimizer=optimizer, at_epoch=2)
+    pruner = EarlyPruner(model, "crop", 0.75, (x, y), structured=True, optimizer=optimizer, at_epoch=2)
     for epoch in (1, 2, 3):
         for _ in range(2):
             optimizer.zero_grad()
@@ -643,7 +648,8 @@ def test_structured_early_pruner_prunes_on_the_crop_it_schedule_and_training_goe
             optimizer.step()
         event = pruner.step(epoch)
         assert (event is not None) == (epoch == 2)
-    assert sum(g.size for g in channel_groups(model, x[:1])) == round(0.5 * total)
+    assert len(rounds) == len(crop_it_schedule(0.75)) > 1  # rescored once per round of the schedule
+    assert sum(g.size for g in channel_groups(model, x[:1])) == round(0.25 * total)
     assert pruner.event.params_after < pruner.event.params_before
     assert pruner.event.flops_after < pruner.event.flops_before
     assert {id(p) for p in optimizer.param_groups[0]["params"]} == {id(p) for p in model.parameters()}

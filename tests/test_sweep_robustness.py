@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import assert_sweep_resumes_with_every_cell_once, store_count
 
 from earlyprune.cli import main
 from earlyprune.experiments.store import ResultsStore
@@ -210,13 +211,6 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")  # a zombie has ended; only its exit status waits to be collected
 
 
-def _store_count(results: Path) -> int:
-    if not (results / "results.sqlite").exists():
-        return 0
-    with ResultsStore(results) as store:
-        return len(store.keys())
-
-
 @pytest.mark.skipif(not Path("/proc/self/task").exists() or not sys.platform.startswith("linux"),
                     reason="finds the worker processes through /proc")
 def test_workers_end_when_the_parallel_sweep_is_killed_and_the_sweep_resumes(tmp_path):
@@ -228,7 +222,7 @@ def test_workers_end_when_the_parallel_sweep_is_killed_and_the_sweep_resumes(tmp
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         children |= _children(proc.pid)
-        if _store_count(results) >= 1:
+        if store_count(results) >= 1:
             break
         time.sleep(0.05)
     children |= _children(proc.pid)
@@ -243,17 +237,10 @@ def test_workers_end_when_the_parallel_sweep_is_killed_and_the_sweep_resumes(tmp
     for pid in survivors:  # do not leave them behind, whatever the outcome
         os.kill(pid, signal.SIGKILL)
     assert not survivors, "worker processes outlived the killed sweep"
-    partial = _store_count(results)
+    partial = store_count(results)
     assert 1 <= partial < 6, "the sweep should have been killed part-way"
 
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)  # resumed with one process
-    assert finished.returncode == 0, finished.stderr
-    assert f"{partial} done" in finished.stdout
-    cells, _ = load_sweep(cfg)
-    with ResultsStore(results) as store:
-        assert store.integrity_ok()
-        keys = [r["key"] for r in store.records()]
-        assert sorted(keys) == sorted(c.key() for c in cells)  # every cell exactly once
+    assert_sweep_resumes_with_every_cell_once(command, cfg, results, partial)
 
 
 # --- 4. a missing dataset stops the sweep (dry run included) before anything runs ---------------------------
@@ -267,7 +254,7 @@ def test_a_missing_dataset_fails_the_dry_run_and_the_sweep_before_running(tmp_pa
         out, err = capsys.readouterr()
         assert "to run" not in out
         assert "dataset 'fashion-mnist' not found. Looked in:" in err and str(empty) in err
-    assert _store_count(tmp_path / "res") == 0  # the mnist-sample cells did not run either
+    assert store_count(tmp_path / "res") == 0  # the mnist-sample cells did not run either
 
 
 def test_datasets_that_are_present_pass_the_check(tmp_path, capsys):

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Sequence
 
 
-
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     from .experiments.config import RunConfig
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .criteria import CRITERIA, LossFn, as_batches, compute_importance, get_criterion
-from .criteria._context import isolated, model_device, model_dtype, to_device
+from .criteria._context import first_example, isolated, model_device, model_dtype, to_device
 from .distributed import unwrap
 from .errors import PruningError
 from .masks import Masks, applied_masks, prunable_parameters
@@ -257,10 +257,9 @@ def _halves(batches: list) -> list:
 
 
 def _num_classes(model: nn.Module, first_batch: Any) -> int:
-    """Number of classes = width of the model's output on the first batch of the data."""
-    inputs = first_batch[0]
+    """Number of classes = width of the model's output on one example of the data's first batch."""
     with isolated(model, train=False), torch.no_grad():
-        out = model(to_device(inputs, model_device(model), model_dtype(model)))
+        out = model(to_device(first_example(first_batch[0]), model_device(model), model_dtype(model)))
     return int(out.shape[-1])
 
 

@@ -59,6 +59,18 @@ def to_device(value: Any, device: torch.device, dtype: torch.dtype | None = None
     return value
 
 
+def first_example(inputs: Any) -> Any:
+    """The first example of a batch of inputs, kept as a batch of one: tensors (also inside dicts, lists
+    and tuples) are sliced ``[:1]``, anything else is passed as it is."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs[:1]
+    if isinstance(inputs, Mapping):
+        return {k: first_example(v) for k, v in inputs.items()}
+    if isinstance(inputs, (list, tuple)):
+        return type(inputs)(first_example(v) for v in inputs)
+    return inputs
+
+
 def as_batches(data: Any) -> list[Batch]:
     """Materialise ``data`` (one ``(inputs, targets)`` pair or an iterable of them) as a list of batches.
 

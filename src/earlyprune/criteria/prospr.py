@@ -44,8 +44,6 @@ def prospr_importance(
         raise PruningError(f"steps must be an integer >= 0 (number of inner SGD steps), got {steps!r}")
     if not inner_lr > 0:
         raise PruningError(f"inner_lr must be > 0, got {inner_lr!r}")
-    if inner_lr <= 0:
-        raise PruningError(f"inner_lr must be > 0, got {inner_lr}")
     scored_ids = {id(p): n for n, p in params.items()}
     gates = {n: torch.ones_like(p, requires_grad=True) for n, p in params.items()}
     buffers = {n: b.detach().clone() for n, b in model.named_buffers()}

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..criteria import as_batches
-from ..criteria._context import model_device, model_dtype, to_device
+from ..criteria._context import first_example, model_device, model_dtype, to_device
 from ..errors import PruningError
 from ..scoring_data import first_batches, is_batch_list
 from ..selection import check_sparsity, schedule_targets
@@ -57,7 +57,7 @@ def prune_structured(
         batches = as_batches(data) if is_batch_list(data) else first_batches(data, num_batches)
     if example_inputs is None:
         if batches is not None:
-            example_inputs = _one(batches[0][0])
+            example_inputs = first_example(batches[0][0])
         elif getattr(model, "input_shape", None) is not None:
             example_inputs = torch.ones((1, *model.input_shape))
         else:
@@ -84,11 +84,3 @@ def prune_structured(
         combined = result if combined is None else combined.then(result)
     model.earlyprune_shrink = combined
     return model
-
-
-def _one(inputs: Any) -> Any:
-    if isinstance(inputs, torch.Tensor):
-        return inputs[:1]
-    if isinstance(inputs, dict):
-        return {k: _one(v) for k, v in inputs.items()}
-    return inputs
