@@ -49,6 +49,13 @@ def methods() -> dict[str, str]:
     return listed
 
 
+def method_options(method: str) -> dict[str, Any]:
+    """The criterion options ``method`` accepts, with their defaults (iterative variants: those of their
+    criterion); raises :class:`PruningError` for an unknown method."""
+    criterion_name, _ = _resolve_method(method, None)
+    return dict(get_criterion(criterion_name).defaults)
+
+
 def score(
     model: nn.Module,
     method: str,
