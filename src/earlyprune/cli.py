@@ -6,46 +6,89 @@ import argparse
 import json
 import sqlite3
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
 
+_GROUPS = {"data": "data", "network": "model", "training": "training", "pruning": "pruning"}
+
+
+class _RunHelp(argparse.HelpFormatter):
+    """Help of ``earlyprune run``: each flag's help, the choices of a name setting (listed when the help is
+    shown, from the registries), and its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        declaration = getattr(action, "declaration", None)
+        if declaration is not None:
+            choices = declaration.choices()
+            if choices is not None:
+                text += f"; one of: {', '.join(choices)}"
+            default = declaration.default
+            if default is None:
+                return text + f" (default: {declaration.metadata['none']})"
+            if isinstance(default, tuple):
+                return text + f" (default: {' '.join(map(str, default))})"
+            return text + " (default: %(default)s)"
+        if "default" not in text and action.default is not None and action.default is not argparse.SUPPRESS \
+                and action.nargs != 0:  # not for a flag without a value (store_true)
+            text += " (default: %(default)s)"
+        return text
+
+
+def _flag_value(kind: type):
+    """argparse type of a flag: the number as typed, else the text itself, which the setting's check then
+    refuses with the same message as a sweep file's bad value (``--lr fast`` as ``lr = "fast"``)."""
+
+    def convert(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            return text
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per declared setting of :class:`RunConfig` (``--batch-size`` for ``batch_size``), with its
+    help and default; ``--option NAME=VALUE`` for the criterion's options."""
     from .experiments.config import RunConfig
 
-    defaults = RunConfig()
-    add = parser.add_argument
-    add("--dataset", default=defaults.dataset, help="mnist, fashion-mnist, cifar10, cifar100, mnist-sample")
-    add("--model", default=defaults.model, help="e.g. lenet300, lenet5, vgg16, resnet20, resnet18")
-    add("--method", default=defaults.method, help="a method of `earlyprune.methods()`, or 'dense'")
-    add("--sparsity", type=float, default=defaults.sparsity, help="fraction of weights (or channels) removed")
-    add("--epochs", type=int, default=defaults.epochs)
-    add("--batch-size", type=int, default=defaults.batch_size)
-    add("--lr", type=float, default=defaults.lr)
-    add("--optimizer", default=defaults.optimizer, choices=["sgd", "adam", "adamw"])
-    add("--momentum", type=float, default=defaults.momentum)
-    add("--weight-decay", type=float, default=defaults.weight_decay)
-    add("--lr-schedule", default=defaults.lr_schedule, choices=["step", "cosine", "onecycle", "constant"])
-    add("--seed", type=int, default=defaults.seed)
-    add("--scope", default=defaults.scope, choices=["global", "layer"])
-    add("--iterations", type=int, default=None, help="pruning rounds (exponential schedule; SynFlow: 100)")
-    add("--rule", default=defaults.rule, choices=["topk", "official"], help="selection rule (see DESIGN)")
-    add("--when", default=defaults.when, help="init, early (EarlyCroP trigger) or epoch:N")
-    add("--structured", action="store_true", help="remove whole channels physically")
-    add("--prune-every", type=int, default=defaults.prune_every, help="activation_density: epochs between resizes")
-    add("--width", type=float, default=defaults.width, help="width multiplier of the model")
-    add("--init", default=None, help="kaiming, variance_scaling or default (the paper's by default)")
-    add("--no-augment", dest="augment", action="store_false", help="no random crop/flip on CIFAR")
-    add("--score-batches", type=int, default=defaults.score_batches, help="training batches to score on")
-    add("--train-subset", type=int, default=None, help="train on the first N examples only")
+    groups = {"": parser, **{part: parser.add_argument_group(f"{title} settings") for part, title in _GROUPS.items()}}
+    for declaration in RunConfig.settings():
+        group = groups[declaration.part]
+        flag = "--" + declaration.name.replace("_", "-")
+        if declaration.kind is dict:  # the criterion's options
+            action = group.add_argument(
+                "--option", dest="option", action="append", default=[], metavar="NAME=VALUE",
+                help="an option of the method's criterion, repeatable (e.g. --option temperature=100 for grasp; "
+                     "VALUE: a number, true, false, null or text); earlyprune.pruning.method_options(METHOD) "
+                     "lists them")
+            continue
+        if declaration.kind is bool:
+            action = group.add_argument(flag, dest=declaration.name, action=argparse.BooleanOptionalAction,
+                                        default=declaration.default, help=declaration.help)
+        elif declaration.kind is tuple:
+            action = group.add_argument(flag, dest=declaration.name, nargs="+", type=_flag_value(float),
+                                        default=declaration.default, metavar="X", help=declaration.help)
+        else:
+            action = group.add_argument(flag, dest=declaration.name, type=_flag_value(declaration.kind),
+                                        default=declaration.default, help=declaration.help)
+        action.declaration = declaration  # type: ignore[attr-defined]
 
 
 def _config_from(args: argparse.Namespace):
-    from .experiments.config import RunConfig
+    from .experiments.config import RunConfig, parse_option, setting_names
+    from .errors import PruningError
 
-    names = {f.name for f in fields(RunConfig)}
-    return RunConfig(**{k: v for k, v in vars(args).items() if k in names})
+    options = {}
+    for text in args.option:
+        name, value = parse_option(text)
+        if name in options:
+            raise PruningError(f"--option {name} given twice")
+        options[name] = value
+    return RunConfig.from_dict({**{name: getattr(args, name) for name in setting_names()}, "options": options})
 
 
 def _refuse_flags_that_do_not_apply(config) -> None:
@@ -53,12 +96,13 @@ def _refuse_flags_that_do_not_apply(config) -> None:
     from .errors import PruningError
     from .experiments.config import DENSE
 
-    density = config.method == "activation_density"
-    if config.prune_every != 1 and not density:
+    pruning = config.pruning
+    density = pruning.method == "activation_density"
+    if pruning.prune_every != 1 and not density:
         raise PruningError("--prune-every applies to --method activation_density only")
-    if config.method == DENSE and (config.structured or config.when != "init"):
+    if pruning.method == DENSE and (pruning.structured or pruning.when != "init"):
         raise PruningError("--structured and --when do not apply to --method dense (nothing is pruned)")
-    if density and config.when != "init":
+    if density and pruning.when != "init":
         raise PruningError("--when does not apply to activation_density, which resizes every --prune-every epochs "
                            "from the start of training")
 
@@ -125,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="prune, train and evaluate one model; append a JSON-lines record")
+    run = sub.add_parser("run", help="prune, train and evaluate one model; append a JSON-lines record",
+                         formatter_class=_RunHelp)
     _add_run_arguments(run)
     run.add_argument("--data-dir", default=None, help="where datasets live (default: $EARLYPRUNE_DATA)")
     run.add_argument("--cache-dir", default=None, help="where decoded arrays are cached")
@@ -134,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--store", default=None, help="also add the record to the results store in this directory")
     run.add_argument("--skip-existing", action="store_true",
                      help="do nothing if a run with the same settings is already in --store (resuming a script)")
-    run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available; default)")
+    run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto: CUDA when available")
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="compare every method on the embedded MNIST sample (about a minute on 2 cores)")

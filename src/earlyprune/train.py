@@ -28,29 +28,32 @@ LR_SCHEDULES = ("step", "cosine", "onecycle", "constant")
 
 @dataclass
 class TrainConfig:
-    """A training recipe. Defaults: the SNIP/GraSP recipe (SGD 0.1, momentum 0.9, wd 5e-4, x0.1 at 50%/75%)."""
+    """A training recipe. Defaults: the SNIP/GraSP recipe (SGD 0.1, momentum 0.9, wd 5e-4, x0.1 at 50%/75%).
 
-    epochs: int = 20
-    lr: float = 0.1
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    lr_schedule: str = "step"
+    Each field declares itself as a setting in its ``metadata`` (help, bounds, choices; see
+    :func:`earlyprune.experiments.config.setting`): ``earlyprune run`` makes its flags from them, sweep
+    files are checked with them, and so is every TrainConfig when it is built.
+    """
+
+    epochs: int = field(default=20, metadata={"help": "training epochs", "min": 0})
+    lr: float = field(default=0.1, metadata={"help": "learning rate (the peak one for onecycle)", "above": 0})
+    optimizer: str = field(default="sgd", metadata={"help": "optimizer", "choices": OPTIMIZERS})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum", "min": 0})
+    nesterov: bool = field(default=False, metadata={"help": "Nesterov momentum (SGD)"})
+    weight_decay: float = field(default=5e-4, metadata={"help": "weight decay (L2)", "min": 0})
+    lr_schedule: str = field(default="step", metadata={"help": "learning-rate schedule", "choices": LR_SCHEDULES})
     #: For ``"step"``: fractions of the epochs at which the LR is multiplied by ``gamma``.
-    milestones: tuple[float, ...] = (0.5, 0.75)
-    gamma: float = 0.1
-    progress: bool | None = None  # None: a bar only when stderr is a terminal
+    milestones: tuple[float, ...] = field(default=(0.5, 0.75), metadata={
+        "help": "step schedule: fractions of the epochs at which the learning rate is multiplied by gamma",
+        "above": 0})
+    gamma: float = field(default=0.1, metadata={"help": "step schedule: learning-rate factor at each milestone",
+                                                "above": 0})
+    progress: bool | None = field(default=None, metadata={"setting": False})  # None: a bar only on a terminal
 
     def __post_init__(self) -> None:
-        if self.epochs < 0:
-            raise PruningError(f"epochs must be >= 0, got {self.epochs}")
-        if not self.lr > 0:
-            raise PruningError(f"lr must be > 0, got {self.lr}")
-        if self.optimizer not in OPTIMIZERS:
-            raise PruningError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise PruningError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        from .experiments.config import check_declared  # the checks the declarations above make
+
+        check_declared(self)
 
 
 @dataclass

@@ -1,91 +1,200 @@
-"""The settings of one experiment (a "run"): declared once, shared by the CLI, the runner and sweeps.
+"""The settings of one experiment (a "run"), each declared once.
 
-A run is identified by a hash of the settings that change its result (not by where it writes), so a
-sweep never runs the same cell twice.
+A :class:`RunConfig` is made of parts: ``data`` (:class:`DataConfig`), ``network`` (:class:`NetworkConfig`),
+``training`` (:class:`earlyprune.train.TrainConfig` itself) and ``pruning`` (:class:`PruningConfig`), plus the
+``seed``, which seeds everything (model, data order, scoring batches, criterion).
+
+Every setting is a dataclass field whose ``metadata`` declares it (see :func:`setting`): its help text, its
+bounds, its choices (computed lazily from the registries), whether None is allowed. From these declarations
+come the flags of ``earlyprune run``, the checks of sweep-file values (:func:`check_setting`) and the checks
+each part makes when it is built, so a bad value gets the same message wherever it comes from.
+
+Users see flat names: ``--epochs``, ``[recipe] epochs = 20``, ``record["epochs"]``,
+``RunConfig(epochs=20)``, ``RunConfig.from_dict(flat)``, ``config.as_dict()`` and read-only
+``config.epochs`` (the same as ``config.training.epochs``).
+
+A run is identified by a hash of the settings that change its result (not by where it writes), so a sweep
+never runs the same cell twice. Settings added after the first release enter that hash only when they
+differ from their default, so stored runs keep their keys (see :meth:`RunConfig.key`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+import math
+import numbers
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping
 
 from ..errors import PruningError
 from ..selection import check_sparsity
+from ..train import TrainConfig
 
 #: ``method`` value for the unpruned reference.
 DENSE = "dense"
 
+#: The settings the run key hashed before settings were declared in parts (the flat ``RunConfig`` of 23
+#: fields): always hashed, with their values, so that stored runs keep their keys. Any other setting is
+#: hashed only when it differs from its default.
+LEGACY_KEY_SETTINGS = (
+    "dataset", "model", "method", "sparsity", "epochs", "batch_size", "lr", "optimizer", "momentum",
+    "weight_decay", "lr_schedule", "seed", "scope", "iterations", "rule", "when", "structured", "prune_every",
+    "width", "init", "augment", "score_batches", "train_subset",
+)
 
-@dataclass
-class RunConfig:
-    """Everything that defines one run. Defaults are the SNIP paper's MNIST recipe (20 epochs here)."""
 
-    dataset: str = "mnist"
-    model: str = "lenet5"
-    method: str = "snip"
-    sparsity: float = 0.9
-    epochs: int = 20
-    batch_size: int = 100
-    lr: float = 0.1
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_schedule: str = "step"
-    seed: int = 0
-    scope: str = "global"
-    iterations: int | None = None
-    rule: str = "topk"
-    when: str = "init"  # "init", "early" (EarlyCroP's trigger) or "epoch:N"
-    structured: bool = False
-    prune_every: int = 1  # activation_density: epochs between resizes
-    width: float = 1.0
-    init: str | None = None
-    augment: bool = True
-    score_batches: int = 1  # batches of the training set the criterion scores on (SNIP's paper: one)
-    train_subset: int | None = None  # first N training examples (stratification is the dataset's order)
+# --- declarations -------------------------------------------------------------------------------------------
 
-    def __post_init__(self) -> None:
-        # One spelling per model, so "lenet-5" and "lenet5" are one run (one key) wherever a config comes from.
-        from .. import models
+def setting(default: Any = dataclasses.MISSING, help: str = "", **declaration: Any) -> Any:
+    """A dataclass field declaring one setting. ``declaration`` keys (all optional):
 
-        try:
-            self.model = models.spec(self.model).name
-        except ValueError:
-            pass  # unknown: refused, with the known names, when the run starts
-        if self.method != DENSE:
-            check_sparsity(self.sparsity)
-        if self.epochs < 0 or self.batch_size < 1:
-            raise PruningError("epochs must be >= 0 and batch_size >= 1")
-        if not (self.when in ("init", "early") or _epoch_spec(self.when) is not None):
-            raise PruningError(f"when must be 'init', 'early' or 'epoch:N', got {self.when!r}")
-        if self.width <= 0:
-            raise PruningError(f"width must be > 0, got {self.width}")
+    - ``min`` / ``above``: the smallest allowed number, inclusive / exclusive (ints and reals; for a tuple
+      of numbers, each element);
+    - ``choices``: the allowed names, a sequence or a function returning one (called only when needed);
+    - ``registry=True``: the name is looked up in a registry when the run starts, which refuses an unknown
+      one with its own message; :func:`check_setting` (sweep files) checks it up front;
+    - ``fold_case=True``: a name in another case is accepted and lower-cased (by :func:`check_setting`);
+    - ``canonical``: a function giving the canonical spelling of a value (model aliases);
+    - ``check``: a function ``(name, value) -> value`` replacing the checks by type and bounds;
+    - ``none``: None is allowed, and this text says what it means (shown in ``--help``);
+    - ``note``: a function returning text added to the "unknown NAME" message.
+
+    The type is the field's annotation. ``earlyprune.train.TrainConfig`` declares its fields with the same
+    metadata keys (a plain dict, so that it needs nothing from here); ``setting=False`` marks a field that
+    is no setting (``progress``).
+    """
+    metadata = {"help": help, **declaration}
+    factory = metadata.pop("default_factory", dataclasses.MISSING)
+    return field(default=default, default_factory=factory, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """One declared setting: where it lives and how its values are checked."""
+
+    name: str
+    part: str  # the RunConfig attribute holding it ("data", "network", "training", "pruning"; "" for seed)
+    kind: type  # bool, int, float, str, tuple (of numbers) or dict (options)
+    default: Any
+    metadata: Mapping[str, Any]
 
     @property
-    def prune_epoch(self) -> int | None:
-        """N for ``when='epoch:N'``."""
-        return _epoch_spec(self.when)
+    def help(self) -> str:
+        return self.metadata.get("help", "")
 
-    def key(self) -> str:
-        """A short stable hash of the settings (the cell id of sweeps and the results store)."""
-        blob = json.dumps(asdict(self), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    @property
+    def optional(self) -> bool:
+        return "none" in self.metadata
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def choices(self) -> list[str] | None:
+        choices = self.metadata.get("choices")
+        if callable(choices):
+            choices = choices()
+        return None if choices is None else list(choices)
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise PruningError(f"unknown setting(s) {unknown}; valid settings: {', '.join(sorted(known))}")
-        return cls(**values)
+    def check(self, value: Any, *, names: bool = True) -> Any:
+        """``value`` checked (and made canonical), or :class:`PruningError` saying what is expected.
+        ``names=False`` leaves registry names (dataset, model, method) to the registry at run time."""
+        meta = self.metadata
+        if value is None and self.optional:
+            return None
+        if "check" in meta:
+            return meta["check"](self.name, value)
+        if "canonical" in meta:
+            value = meta["canonical"](value)
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise PruningError(f"{self.name} must be true or false, got {value!r}")
+            return value
+        if self.kind in (int, float):
+            if not _number_ok(value, self.kind, meta):
+                raise PruningError(f"{self.name} must be {_number_text(self.kind, meta)}, got {value!r}")
+            return value
+        if self.kind is tuple:
+            if (not isinstance(value, (list, tuple)) or not value
+                    or not all(_number_ok(v, float, meta) for v in value)):
+                raise PruningError(f"{self.name} must be a list of {_number_text(float, meta, plural=True)}, "
+                                   f"got {value!r}")
+            return tuple(value)
+        if self.kind is str:
+            if not names and meta.get("registry"):
+                return value
+            choices = self.choices()
+            if choices is None:
+                if not isinstance(value, str):
+                    raise PruningError(f"{self.name} must be a string, got {value!r}")
+                return value
+            if meta.get("fold_case") and isinstance(value, str) and value.lower() in choices:
+                return value.lower()
+            if value not in choices:
+                note = meta["note"]() if "note" in meta else ""
+                raise PruningError(f"unknown {self.name} {value!r}; valid: {', '.join(choices)}{note}")
+            return value
+        return value  # pragma: no cover - every declared kind is handled above
 
 
-def _epoch_spec(when: str) -> int | None:
+def _number_ok(value: Any, kind: type, meta: Mapping[str, Any]) -> bool:
+    wanted = numbers.Integral if kind is int else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, wanted):
+        return False
+    if kind is not int and not math.isfinite(value):
+        return False
+    if "min" in meta and value < meta["min"]:
+        return False
+    return not ("above" in meta and value <= meta["above"])
+
+
+def _number_text(kind: type, meta: Mapping[str, Any], plural: bool = False) -> str:
+    text = ("integers" if plural else "an integer") if kind is int else ("numbers" if plural else "a number")
+    if "min" in meta:
+        text += f" >= {meta['min']:g}"
+    if "above" in meta:
+        text += f" > {meta['above']:g}"
+    return text
+
+
+def _kind(annotation: Any) -> type:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = args[0]
+    origin = typing.get_origin(annotation) or annotation
+    if origin in (bool, int, float, str, tuple, dict):
+        return origin
+    raise TypeError(f"a setting of type {annotation!r} cannot be declared")  # pragma: no cover
+
+
+@functools.lru_cache(maxsize=None)
+def declarations(cls: type, part: str = "") -> dict[str, Declaration]:
+    """The declared settings of dataclass ``cls`` by name: its fields with a ``help`` in their metadata
+    (fields marked ``setting=False`` left out)."""
+    hints = typing.get_type_hints(cls)
+    found = {}
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata or f.metadata.get("setting", True) is False:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        found[f.name] = Declaration(f.name, part, _kind(hints[f.name]), default, f.metadata)
+    return found
+
+
+def check_declared(obj: Any) -> None:
+    """Check (and make canonical) every declared setting of the dataclass instance ``obj`` in place.
+    Registry names are left to the registry, which refuses an unknown name when the run starts."""
+    for declaration in declarations(type(obj)).values():
+        value = getattr(obj, declaration.name)
+        checked = declaration.check(value, names=False)
+        if checked is not value:
+            object.__setattr__(obj, declaration.name, checked)
+
+
+# --- special checks -----------------------------------------------------------------------------------------
+
+def _epoch_spec(when: Any) -> int | None:
     if isinstance(when, str) and when.startswith("epoch:"):
         try:
             value = int(when.split(":", 1)[1])
@@ -95,95 +204,309 @@ def _epoch_spec(when: str) -> int | None:
     return None
 
 
+def _check_when(name: str, value: Any) -> Any:
+    if not (value in ("init", "early") or _epoch_spec(value) is not None):
+        raise PruningError(f"{name} must be 'init', 'early' or 'epoch:N' (N >= 1), got {value!r}")
+    return value
+
+
+def _check_sparsity(name: str, value: Any) -> Any:
+    check_sparsity(value, name)
+    return value  # as given: the key hashes the value as it was written
+
+
+def _canonical_model(value: Any) -> Any:
+    """One spelling per model, so "lenet-5" and "lenet5" are one run (one key) wherever a config comes from."""
+    from .. import models
+
+    try:
+        return models.spec(value).name if isinstance(value, str) else value
+    except ValueError:
+        return value  # unknown: refused, with the known names, by check_setting or when the run starts
+
+
+def _datasets() -> list[str]:
+    from ..data import DATASETS
+
+    return list(DATASETS)
+
+
+def _models() -> list[str]:
+    from .. import models
+
+    return models.names()
+
+
+def _model_aliases() -> str:
+    from ..models import ALIASES
+
+    return f" (aliases: {', '.join(ALIASES)})"
+
+
+def _methods() -> list[str]:
+    from ..pruning import methods
+
+    return [DENSE, *methods()]
+
+
+def _inits() -> tuple[str, ...]:
+    from ..models import SCHEMES
+
+    return SCHEMES
+
+
+def _rules() -> tuple[str, ...]:
+    from ..selection import RULES
+
+    return RULES
+
+
+# --- the parts ----------------------------------------------------------------------------------------------
+
+@dataclass
+class DataConfig:
+    """What the model is trained on."""
+
+    dataset: str = setting("mnist", "dataset", choices=_datasets, registry=True, fold_case=True)
+    train_subset: int | None = setting(None, "train on the first N training examples only (stratification is "
+                                       "the dataset's order)", min=1, none="all of them")
+    augment: bool = setting(True, "random crop and flip on CIFAR")
+    batch_size: int = setting(100, "training batch size (also of the scoring batches)", min=1)
+
+    def __post_init__(self) -> None:
+        check_declared(self)
+
+
+@dataclass
+class NetworkConfig:
+    """The model that is pruned and trained."""
+
+    model: str = setting("lenet5", "model (a name or an alias)", choices=_models, registry=True,
+                         canonical=_canonical_model, note=_model_aliases)
+    width: float = setting(1.0, "width multiplier of the model", above=0)
+    init: str | None = setting(None, "weight initialisation", choices=_inits, none="the model's paper's")
+
+    def __post_init__(self) -> None:
+        check_declared(self)
+
+
+@dataclass
+class PruningConfig:
+    """How, when and how much the model is pruned."""
+
+    method: str = setting("snip", "pruning method (see earlyprune.methods()), or 'dense' for the unpruned "
+                          "reference", choices=_methods, registry=True)
+    sparsity: float = setting(0.9, "fraction of weights (or channels) removed, in [0, 1)", check=_check_sparsity)
+    scope: str = setting("global", "rank all weights together (global) or prune each layer (layer)",
+                         choices=("global", "layer"))
+    iterations: int | None = setting(None, "pruning rounds on an exponential schedule", min=1,
+                                     none="the method's own: one shot; SynFlow 100")
+    rule: str = setting("topk", "selection rule (see DESIGN)", choices=_rules)
+    when: str = setting("init", "when to prune: init, early (EarlyCroP's trigger) or epoch:N", check=_check_when)
+    structured: bool = setting(False, "remove whole channels physically")
+    prune_every: int = setting(1, "activation_density: epochs between resizes", min=1)
+    score_batches: int = setting(1, "batches of the training set the criterion scores on (SNIP's paper: one)",
+                                 min=1)
+    #: the criterion's options (``method_options(method)``), e.g. ``{"temperature": 100}`` for GraSP
+    options: dict[str, Any] = setting(help="criterion options", default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_declared(self)
+        self.options = check_options(self.method, self.options)
+
+    @property
+    def prune_epoch(self) -> int | None:
+        """N for ``when='epoch:N'``."""
+        return _epoch_spec(self.when)
+
+
+#: the parts of a RunConfig: attribute -> class
+PARTS: dict[str, type] = {"data": DataConfig, "network": NetworkConfig, "training": TrainConfig,
+                          "pruning": PruningConfig}
+
+
+# --- criterion options --------------------------------------------------------------------------------------
+
+def method_option_defaults(method: str) -> dict[str, Any]:
+    """The options ``method`` accepts with their defaults: none for ``dense`` and ``activation_density``
+    (which has no criterion); raises :class:`PruningError` for an unknown method."""
+    if method == DENSE or (isinstance(method, str) and method.lower() == "activation_density"):
+        return {}
+    from ..pruning import method_options
+
+    return method_options(method)
+
+
+def check_options(method: str, options: Any) -> dict[str, Any]:
+    """``options`` checked against the options of ``method`` (names, and the type of their defaults)."""
+    if not isinstance(options, Mapping):
+        raise PruningError(f"options must be a table of NAME = VALUE, got {options!r}")
+    options = dict(options)
+    if not options:
+        return options
+    valid = method_option_defaults(method)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        names = ", ".join(map(repr, unknown))
+        if not valid:
+            raise PruningError(f"method {method!r} takes no options, got {names}")
+        raise PruningError(f"unknown option {names} for method {method!r}; valid options: {', '.join(valid)}")
+    for name, value in options.items():
+        default = valid[name]
+        if isinstance(default, bool):
+            ok, what = isinstance(value, bool), "true or false"
+        elif isinstance(default, numbers.Integral):
+            ok, what = isinstance(value, numbers.Integral) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, numbers.Real):
+            ok, what = isinstance(value, numbers.Real) and not isinstance(value, bool), "a number"
+        else:
+            ok, what = True, ""
+        if not ok:
+            raise PruningError(f"option {name} of method {method!r} must be {what}, got {value!r}")
+    return options
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """``"NAME=VALUE"`` -> ``(NAME, VALUE)``, VALUE read as a JSON literal (``100``, ``0.5``, ``true``,
+    ``null``, ``"text"``, ``[1, 28, 28]``) and as a plain string otherwise."""
+    name, sep, raw = text.partition("=")
+    name = name.strip()
+    if not sep or not name.isidentifier():
+        raise PruningError(f"an option is NAME=VALUE (e.g. temperature=100), got {text!r}")
+    raw = raw.strip()
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return name, value
+
+
+# --- the run ------------------------------------------------------------------------------------------------
+
+_SEED = setting(0, "seeds the model's initialisation, the data order, the scoring batches and the criterion",
+                min=0)
+
+
+@dataclass(init=False)
+class RunConfig:
+    """Everything that defines one run. Defaults are the SNIP paper's MNIST recipe (20 epochs here).
+
+    Build it from flat settings, ``RunConfig(model="lenet300", epochs=1, options={"temperature": 100})``
+    or :meth:`from_dict`, or from parts, ``RunConfig(training=TrainConfig(epochs=1), seed=1)``. Flat
+    settings are read-only attributes (``config.epochs`` is ``config.training.epochs``).
+    """
+
+    data: DataConfig
+    network: NetworkConfig
+    training: TrainConfig
+    pruning: PruningConfig
+    seed: int = _SEED
+
+    def __init__(self, data: DataConfig | None = None, network: NetworkConfig | None = None,
+                 training: TrainConfig | None = None, pruning: PruningConfig | None = None, seed: int = 0,
+                 **settings: Any) -> None:
+        given = {"data": data, "network": network, "training": training, "pruning": pruning}
+        owner = _owners()
+        unknown = sorted(set(settings) - set(owner))
+        if unknown:
+            raise TypeError(f"unknown setting(s) {unknown}; valid settings: {', '.join(sorted(owner))}")
+        for part, cls in PARTS.items():
+            flat = {name: value for name, value in settings.items() if owner[name] == part}
+            if given[part] is None:
+                given[part] = cls(**flat)
+            elif flat:
+                raise TypeError(f"{', '.join(flat)} given both flat and in {part}=")
+            elif not isinstance(given[part], cls):
+                raise TypeError(f"{part} must be a {cls.__name__}, got {given[part]!r}")
+            setattr(self, part, given[part])
+        self.seed = declarations(RunConfig)["seed"].check(seed)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "RunConfig":
+        """A config from flat settings (a record's settings, a sweep cell), unknown names refused."""
+        unknown = sorted(set(values) - set(_owners()))
+        if unknown:
+            raise PruningError(f"unknown setting(s) {unknown}; valid settings: {', '.join(sorted(_owners()))}")
+        return cls(**values)
+
+    @staticmethod
+    def settings() -> Iterator[Declaration]:
+        """Every declared setting, part by part (``seed`` first), ``options`` included."""
+        yield declarations(RunConfig)["seed"]
+        for part, cls in PARTS.items():
+            yield from declarations(cls, part).values()
+
+    @property
+    def prune_epoch(self) -> int | None:
+        """N for ``when='epoch:N'``."""
+        return self.pruning.prune_epoch
+
+    def as_dict(self) -> dict[str, Any]:
+        """The flat settings: ``{"dataset": ..., "epochs": ..., "options": {...}, ...}``."""
+        flat = {d.name: getattr(self, d.name) for d in self.settings()}
+        flat["options"] = dict(flat["options"])
+        return flat
+
+    def replace(self, **settings: Any) -> "RunConfig":
+        """A copy with some flat settings changed."""
+        return RunConfig.from_dict({**self.as_dict(), **settings})
+
+    def key_settings(self) -> dict[str, Any]:
+        """What the key hashes: the legacy settings as they are, any other setting that is not at its
+        default, and the options that are not at the method's default."""
+        flat = self.as_dict()
+        hashed = {name: flat.pop(name) for name in LEGACY_KEY_SETTINGS}
+        options = flat.pop("options")
+        defaults = _defaults()
+        hashed.update({name: value for name, value in flat.items() if value != defaults[name]})
+        if options:
+            option_defaults = method_option_defaults(self.pruning.method)
+            changed = {name: value for name, value in options.items() if value != option_defaults[name]}
+            if changed:
+                hashed["options"] = changed
+        return hashed
+
+    def key(self) -> str:
+        """A short stable hash of the settings that change the result (the cell id of sweeps and the
+        results store). A setting added later enters it only when it is not at its default, so that runs
+        stored before it existed keep their keys."""
+        blob = json.dumps(self.key_settings(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def _owners() -> dict[str, str]:
+    """flat setting name -> the part holding it (``"seed"`` is the RunConfig's own)."""
+    return {d.name: d.part or "seed" for d in RunConfig.settings()}
+
+
+@functools.lru_cache(maxsize=None)
+def _defaults() -> dict[str, Any]:
+    return {d.name: d.default for d in RunConfig.settings()}
+
+
+def _flat_property(part: str, name: str, doc: str) -> property:
+    return property(lambda self: getattr(getattr(self, part), name), doc=f"{doc} (``{part}.{name}``, read-only)")
+
+
+for _part, _cls in PARTS.items():
+    for _declaration in declarations(_cls, _part).values():
+        setattr(RunConfig, _declaration.name, _flat_property(_part, _declaration.name, _declaration.help))
+
+
+def setting_names() -> list[str]:
+    """The flat names of the settings a sweep's ``[recipe]`` or a flag may set (options apart)."""
+    return [d.name for d in RunConfig.settings() if d.kind is not dict]
+
+
 # --- checking one setting's value (sweep files give them as TOML values, unchecked by argparse) ---------
-
-#: integer settings and their smallest allowed value
-_INTEGERS = {"epochs": 0, "batch_size": 1, "seed": 0, "iterations": 1, "prune_every": 1, "score_batches": 1,
-             "train_subset": 1}
-#: real-number settings (finite): (lower bound, whether the bound itself is allowed)
-_REALS = {"lr": (0.0, False), "momentum": (0.0, True), "weight_decay": (0.0, True), "width": (0.0, False)}
-_BOOLEANS = ("structured", "augment")
-_OPTIONAL = ("iterations", "init", "train_subset")  # None: the default behaviour
-
-
-def setting_choices(name: str) -> list[str] | None:
-    """The values a name-valued setting accepts (canonical names only), or None for other settings."""
-    if name == "dataset":
-        from ..data import DATASETS
-
-        return list(DATASETS)
-    if name == "model":
-        from .. import models
-
-        return models.names()
-    if name == "method":
-        from ..pruning import methods
-
-        return [DENSE, *methods()]
-    if name in ("optimizer", "lr_schedule"):
-        from ..train import LR_SCHEDULES, OPTIMIZERS
-
-        return list(OPTIMIZERS if name == "optimizer" else LR_SCHEDULES)
-    if name == "scope":
-        return ["global", "layer"]
-    if name == "rule":
-        from ..selection import RULES
-
-        return list(RULES)
-    if name == "init":
-        from ..models import SCHEMES
-
-        return list(SCHEMES)
-    return None
-
 
 def check_setting(name: str, value: Any) -> Any:
     """``value`` checked as the value of setting ``name``, and made canonical where the runner accepts
     several spellings (a model alias such as ``"lenet-5"`` becomes ``"lenet5"``, a dataset name is
-    lower-cased); raises :class:`PruningError` saying what is expected otherwise."""
-    import math
-    import numbers
-
-    if value is None and name in _OPTIONAL:
-        return value
-    if name in _INTEGERS:
-        low = _INTEGERS[name]
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-            raise PruningError(f"{name} must be an integer >= {low}, got {value!r}")
-        return value
-    if name == "sparsity":
-        check_sparsity(value)
-        return value
-    if name in _REALS:
-        low, inclusive = _REALS[name]
-        ok = (not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
-              and (value >= low if inclusive else value > low))
-        if not ok:
-            raise PruningError(f"{name} must be a number {'>=' if inclusive else '>'} {low:g}, got {value!r}")
-        return value
-    if name in _BOOLEANS:
-        if not isinstance(value, bool):
-            raise PruningError(f"{name} must be true or false, got {value!r}")
-        return value
-    if name == "when":
-        if not (value in ("init", "early") or _epoch_spec(value) is not None):
-            raise PruningError(f"when must be 'init', 'early' or 'epoch:N' (N >= 1), got {value!r}")
-        return value
-    choices = setting_choices(name)
-    if choices is None:
+    lower-cased); raises :class:`PruningError` saying what is expected otherwise. Registry names are
+    checked here too (the known ones are listed)."""
+    found = {d.name: d for d in RunConfig.settings() if d.kind is not dict}
+    if name not in found:
         raise PruningError(f"unknown setting {name!r}")
-    if name == "model" and isinstance(value, str):
-        from .. import models
-
-        try:
-            return models.spec(value).name
-        except ValueError:
-            pass
-        from ..models import ALIASES
-
-        raise PruningError(f"unknown model {value!r}; valid: {', '.join(choices)} (aliases: {', '.join(ALIASES)})")
-    if name == "dataset" and isinstance(value, str) and value.lower() in choices:
-        return value.lower()
-    if value not in choices:
-        raise PruningError(f"unknown {name} {value!r}; valid: {', '.join(choices)}")
-    return value
+    return found[name].check(value)

@@ -16,21 +16,23 @@ def epoch_callback(config: RunConfig, model: nn.Module, train_split: Any, record
 
     Events (prunes or resizes, with widths and sizes before and after) go to ``record['prune_events']``.
     """
-    scoring = train_split.loader(config.batch_size, shuffle=True, augment=False, seed=config.seed + 1)
-    scoring_batches = first_batches(scoring, config.score_batches)
+    pruning = config.pruning
+    scoring = train_split.loader(config.data.batch_size, shuffle=True, augment=False, seed=config.seed + 1)
+    scoring_batches = first_batches(scoring, pruning.score_batches)
     events: list[dict[str, Any]] = []
     record["prune_events"] = events
-    if config.method == "activation_density":
+    if pruning.method == "activation_density":
         return _activation_density(config, model, scoring_batches, record, events), events
 
     from ..distributed import rewrap
     from ..early import EarlyPruner
 
     pruner = EarlyPruner(
-        model, config.method, config.sparsity, scoring_batches, structured=config.structured,
-        at_epoch=config.prune_epoch, cap_epoch=None if config.prune_epoch else max(2, config.epochs // 2),
-        scope=config.scope, seed=config.seed,
-        **({"schedule": "exponential", "iterations": config.iterations} if config.iterations else {}),
+        model, pruning.method, pruning.sparsity, scoring_batches, structured=pruning.structured,
+        at_epoch=pruning.prune_epoch, cap_epoch=None if pruning.prune_epoch else max(2, config.training.epochs // 2),
+        scope=pruning.scope, seed=config.seed,
+        **({"schedule": "exponential", "iterations": pruning.iterations} if pruning.iterations else {}),
+        **pruning.options,
     )
 
     def on_epoch_end(epoch: int, model: nn.Module, optimizer):
@@ -38,7 +40,7 @@ def epoch_callback(config: RunConfig, model: nn.Module, train_split: Any, record
         if event is not None:
             events.append(event.as_dict())
             record["scoring_seconds"] = record.get("scoring_seconds", 0.0) + event.seconds
-            if not config.structured:
+            if not pruning.structured:
                 record["collapsed"] = pruner.result.info["collapsed"]
                 record["mask_sparsity"] = pruner.result.sparsity()
             elif isinstance(model, nn.parallel.DistributedDataParallel):
@@ -54,8 +56,9 @@ def _activation_density(config: RunConfig, model: nn.Module, scoring_batches, re
 
     # Built before training so that the first epoch is measured too; the training optimizer, created by
     # the training loop, is handed over at each epoch's end.
-    pruner = ActivationDensityPruner(unwrap(model), scoring_batches[0][0][:1], prune_every=config.prune_every,
-                                     last_epoch=max(1, config.epochs // 2))
+    pruner = ActivationDensityPruner(unwrap(model), scoring_batches[0][0][:1],
+                                     prune_every=config.pruning.prune_every,
+                                     last_epoch=max(1, config.training.epochs // 2))
 
     def on_epoch_end(epoch: int, model: nn.Module, optimizer):
         event = pruner.epoch_end(epoch, optimizer=optimizer)

@@ -3,6 +3,7 @@ return the result record (every setting, sizes, FLOPs, accuracies, times, memory
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from typing import Any
@@ -15,7 +16,7 @@ from ..distributed import init_from_environment, rank, unwrap, world_size
 from ..errors import DeviceError, PruningError
 from ..metrics import report
 from ..pruning import methods, prune
-from ..train import TrainConfig, train
+from ..train import train
 from .config import DENSE, RunConfig
 
 
@@ -33,10 +34,11 @@ def run_experiment(
     (CUDA when available). Under torchrun on GPUs each process takes ``cuda:LOCAL_RANK``. The device is
     recorded but not part of the run's key.
     """
-    if config.method != DENSE and config.method.lower() not in methods():
-        raise PruningError(f"unknown method {config.method!r}; known methods: {', '.join(methods())}, or 'dense' "
+    data, network, pruning = config.data, config.network, config.pruning
+    if pruning.method != DENSE and pruning.method.lower() not in methods():
+        raise PruningError(f"unknown method {pruning.method!r}; known methods: {', '.join(methods())}, or 'dense' "
                            "for the unpruned reference")
-    models.spec(config.model)  # an unknown model is refused (with the known names) before data is loaded
+    models.spec(network.model)  # an unknown model is refused (with the known names) before data is loaded
     if threads:
         torch.set_num_threads(threads)
     target = resolve_device(device)
@@ -44,22 +46,19 @@ def run_experiment(
     distributed = init_from_environment("nccl" if target.type == "cuda" else "gloo")
     shard = {"num_replicas": world_size(), "rank": rank()}
     torch.manual_seed(config.seed)
-    train_split, test_split = load_dataset(config.dataset, data_dir=data_dir, cache_dir=cache_dir)
-    if config.train_subset:
-        train_split = train_split.subset(config.train_subset)
+    train_split, test_split = load_dataset(data.dataset, data_dir=data_dir, cache_dir=cache_dir)
+    if data.train_subset:
+        train_split = train_split.subset(data.train_subset)
     model = models.create(
-        config.model, num_classes=train_split.num_classes, width=config.width, init=config.init,
+        network.model, num_classes=train_split.num_classes, width=network.width, init=network.init,
         in_channels=train_split.input_shape[0], input_size=train_split.input_shape[1],
     )
     model.input_shape = tuple(train_split.input_shape)
     model.to(target)
-    train_loader = train_split.loader(config.batch_size, shuffle=True, augment=config.augment, seed=config.seed,
+    train_loader = train_split.loader(data.batch_size, shuffle=True, augment=data.augment, seed=config.seed,
                                       **shard)
     test_loader = test_split.loader(500, shuffle=False, augment=False)
-    recipe = TrainConfig(
-        epochs=config.epochs, lr=config.lr, optimizer=config.optimizer, momentum=config.momentum,
-        weight_decay=config.weight_decay, lr_schedule=config.lr_schedule, progress=progress,
-    )
+    recipe = dataclasses.replace(config.training, progress=progress)
     dense = report(model)
     record: dict[str, Any] = {"key": config.key(), **config.as_dict()}
     record.update(dense_params=dense.params, dense_flops=dense.flops)
@@ -67,21 +66,21 @@ def run_experiment(
     scoring_seconds = 0.0
     masks = None
     on_epoch_end = None
-    if config.method != DENSE and config.when == "init" and not _is_during_training(config):
-        scoring_data = train_split.loader(config.batch_size, shuffle=True, augment=False, seed=config.seed + 1,
+    if pruning.method != DENSE and pruning.when == "init" and not _is_during_training(config):
+        scoring_data = train_split.loader(data.batch_size, shuffle=True, augment=False, seed=config.seed + 1,
                                           **shard)
         start = time.perf_counter()
         result = prune(
-            model, config.method, config.sparsity, data=scoring_data, scope=config.scope,
-            iterations=config.iterations, rule=config.rule, structured=config.structured, seed=config.seed,
-            num_batches=config.score_batches,
+            model, pruning.method, pruning.sparsity, data=scoring_data, scope=pruning.scope,
+            iterations=pruning.iterations, rule=pruning.rule, structured=pruning.structured, seed=config.seed,
+            num_batches=pruning.score_batches, **pruning.options,
         )
         scoring_seconds = time.perf_counter() - start
-        if not config.structured:
+        if not pruning.structured:
             masks = result
             record["collapsed"] = masks.info["collapsed"]
             record["schedule"] = masks.info["schedule"]
-    elif config.method != DENSE:
+    elif pruning.method != DENSE:
         from .during_training import epoch_callback
 
         on_epoch_end, events = epoch_callback(config, model, train_split, record)
@@ -92,7 +91,7 @@ def run_experiment(
         ids = [target.index] if target.type == "cuda" else None
         trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     result = train(trained, train_loader, test_loader, recipe, on_epoch_end=on_epoch_end,
-                   description=f"{config.method} {config.sparsity}")
+                   description=f"{pruning.method} {pruning.sparsity}")
     final = report(model)
     record.update(
         # weight sparsity of the masks where there are masks, else the fraction of parameters removed
@@ -161,4 +160,4 @@ def _counting_training_flops(callback, model, examples: int, record: dict[str, A
 
 
 def _is_during_training(config: RunConfig) -> bool:
-    return config.method == "activation_density"
+    return config.pruning.method == "activation_density"

@@ -17,6 +17,9 @@ The config::
     when = ["init"]                       # optional: "init", "early", "epoch:N"
     structured = [false]                  # optional
 
+    [options]                             # optional: the criterion's options, for every cell but dense
+    temperature = 100                     # (each must be an option of every method of the grid)
+
 Each cell is identified by the hash of its settings: finished cells are skipped, so a sweep stopped at
 any moment (SIGKILL included) resumes where it stopped, and nothing is stored twice.
 
@@ -38,12 +41,11 @@ import threading
 import time
 import traceback
 from collections import deque
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from ..errors import PruningError
-from .config import DENSE, RunConfig, check_setting
+from .config import DENSE, RunConfig, check_options, check_setting, setting_names
 from .store import ResultsStore
 
 if sys.version_info >= (3, 11):
@@ -71,25 +73,27 @@ def load_sweep(path: str | Path) -> tuple[list[RunConfig], str | None]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    unknown = sorted(set(data) - {"results", "recipe", "grid"})
+    unknown = sorted(set(data) - {"results", "recipe", "grid", "options"})
     if unknown:
         raise ConfigError(_where(path, text, unknown[0], f"unknown section or key {unknown[0]!r}; "
-                                 "expected 'results', [recipe] and [grid]"))
+                                 "expected 'results', [recipe], [grid] and [options]"))
     results = data.get("results")
     if results is not None and (not isinstance(results, str) or not results.strip()):
         raise ConfigError(_where(path, text, "results", f"results must be a directory name (a string), "
                                  f"got {results!r}", section=""))
-    for section in ("recipe", "grid"):
+    for section in ("recipe", "grid", "options"):
         if not isinstance(data.get(section, {}), dict):
             raise ConfigError(_where(path, text, section, f"{section} must be a table: [{section}] with "
                                      "`key = value` lines under it", section=""))
     recipe = dict(data.get("recipe", {}))
     grid = dict(data.get("grid", {}))
-    valid = {f.name for f in fields(RunConfig)}
+    options = dict(data.get("options", {}))
+    valid = setting_names()
     for key, value in recipe.items():
         if key not in valid:
+            hint = "; the criterion's options go in an [options] table" if key == "options" else ""
             raise ConfigError(_where(path, text, key, f"[recipe] has unknown setting {key!r}; valid: "
-                                     f"{', '.join(sorted(valid))}", section="recipe"))
+                                     f"{', '.join(sorted(valid))}{hint}", section="recipe"))
         try:
             recipe[key] = check_setting(key, value)
         except PruningError as exc:
@@ -112,13 +116,16 @@ def load_sweep(path: str | Path) -> tuple[list[RunConfig], str | None]:
                 message = str(exc) if str(exc).startswith("unknown ") else f"[grid] {key}: {exc}"
                 raise ConfigError(_where(path, text, key, message, section="grid")) from exc
         grid[key] = list(dict.fromkeys(checked))  # "lenet-5" and "lenet5" are one model
+    _check_options(path, text, options, [m for m in grid["methods"] if m != DENSE])
     axes = [(_AXES[k], v) for k, v in grid.items()]
     cells: list[RunConfig] = []
     seen: set[str] = set()
     for combo in itertools.product(*[values for _, values in axes]):
         settings = {**recipe, **{name: value for (name, _), value in zip(axes, combo)}}
         if settings.get("method") == DENSE:
-            settings.update(sparsity=0.0, when="init", structured=False)
+            settings.update(sparsity=0.0, when="init", structured=False)  # options: none
+        else:
+            settings["options"] = dict(options)
         try:
             cell = RunConfig.from_dict(settings)
         except (PruningError, TypeError) as exc:
@@ -127,6 +134,17 @@ def load_sweep(path: str | Path) -> tuple[list[RunConfig], str | None]:
             seen.add(cell.key())
             cells.append(cell)
     return cells, results
+
+
+def _check_options(path: Path, text: str, options: dict[str, Any], methods: list[str]) -> None:
+    """Each option of ``[options]`` must be one of every method's (dense apart): the first that is not is
+    a :class:`ConfigError` at its line, naming the method and the options it has."""
+    for name, value in options.items():
+        for method in methods:
+            try:
+                check_options(method, {name: value})
+            except PruningError as exc:
+                raise ConfigError(_where(path, text, name, f"[options] {exc}", section="options")) from exc
 
 
 _SECTION = re.compile(r"""\s*\[\[?\s*([A-Za-z0-9_.\-"' ]+?)\s*\]\]?\s*(#.*)?$""")
@@ -181,8 +199,10 @@ def _run_cell(config: RunConfig, results_dir: str, data_dir: str | None, threads
 
 
 def _describe(cell: RunConfig) -> str:
-    return (f"{cell.dataset} {cell.model} {cell.method} s={cell.sparsity} seed={cell.seed} when={cell.when}"
-            f"{' structured' if cell.structured else ''}")
+    pruning = cell.pruning
+    options = "".join(f" {name}={value}" for name, value in pruning.options.items())
+    return (f"{cell.data.dataset} {cell.network.model} {pruning.method} s={pruning.sparsity} seed={cell.seed} "
+            f"when={pruning.when}{' structured' if pruning.structured else ''}{options}")
 
 
 def run_sweep(config_path: str | Path, results_dir: str | None = None, jobs: int = 1, dry_run: bool = False,
@@ -201,7 +221,7 @@ def run_sweep(config_path: str | Path, results_dir: str | None = None, jobs: int
         done = store.keys()
         failed_before = store.failures()
     pending = [c for c in cells if c.key() not in done]
-    check_datasets([c.dataset for c in pending], data_dir)
+    check_datasets([c.data.dataset for c in pending], data_dir)
     retried = sum(c.key() in failed_before for c in pending)
     print(f"{len(cells)} cells, {len(cells) - len(pending)} done, {len(pending)} to run -> {results}"
           + (f" ({retried} failed before and run again)" if retried else ""))
@@ -396,5 +416,6 @@ def _end_with_parent(parent_pid: int) -> None:
 
 def _progress(index: int, total: int, cell: RunConfig, accuracy: float | None, started: float) -> None:
     acc = f"{accuracy:.2%}" if accuracy is not None else "-"
-    print(f"[{index}/{total}] {cell.model} {cell.method} s={cell.sparsity} seed={cell.seed}: {acc} "
+    print(f"[{index}/{total}] {cell.network.model} {cell.pruning.method} s={cell.pruning.sparsity} "
+          f"seed={cell.seed}: {acc} "
           f"({time.perf_counter() - started:.0f}s)", flush=True)
