@@ -443,7 +443,7 @@ class RunConfig:
 
     def as_dict(self) -> dict[str, Any]:
         """The flat settings: ``{"dataset": ..., "epochs": ..., "options": {...}, ...}``."""
-        flat = {d.name: getattr(self, d.name) for d in self.settings()}
+        flat = {d.name: getattr(getattr(self, d.part) if d.part else self, d.name) for d in self.settings()}
         flat["options"] = dict(flat["options"])
         return flat
 
@@ -474,13 +474,11 @@ class RunConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=None)
 def _owners() -> dict[str, str]:
     """flat setting name -> the part holding it (``"seed"`` is the RunConfig's own)."""
     return {d.name: d.part or "seed" for d in RunConfig.settings()}
 
 
-@functools.lru_cache(maxsize=None)
 def _defaults() -> dict[str, Any]:
     return {d.name: d.default for d in RunConfig.settings()}
 
