@@ -325,6 +325,7 @@ def test_sweep_options_apply_to_every_pruned_cell(tmp_path):
     (("dense", "grasp", "snip"), "temperature = 1\n", r"\[options\] method 'snip' takes no options"),
     (("synflow", "prospr"), "double = true\n", r"\[options\] unknown option 'double' for method 'prospr'"),
     (("grasp",), 'temperature = "hot"\n', r"\[options\] option temperature of method 'grasp' must be a number"),
+    (("dense",), "temperature = 1\n", r"\[options\] apply to no cell: every method of the grid is 'dense'"),
 ])
 def test_bad_sweep_options_name_their_line_and_the_method(tmp_path, methods, options, expected):
     cfg = _sweep(tmp_path, options="# the criterion's\n" + options, methods=methods)

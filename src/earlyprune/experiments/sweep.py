@@ -139,6 +139,10 @@ def load_sweep(path: str | Path) -> tuple[list[RunConfig], str | None]:
 def _check_options(path: Path, text: str, options: dict[str, Any], methods: list[str]) -> None:
     """Each option of ``[options]`` must be one of every method's (dense apart): the first that is not is
     a :class:`ConfigError` at its line, naming the method and the options it has."""
+    if options and not methods:
+        first = next(iter(options))
+        raise ConfigError(_where(path, text, first, "[options] apply to no cell: every method of the grid is "
+                                 "'dense'", section="options"))
     for name, value in options.items():
         for method in methods:
             try:
