@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import earlyprune as ep
 from earlyprune import models
-from earlyprune.structured import prune_structured
+from earlyprune.structured import prune_channels
 
 from conftest import SmallCNN, TinyResNet, batch_for
 
@@ -51,7 +51,7 @@ def test_masks_keep_pruned_weights_zero_on_cuda(optimizer):
     assert masks.kept() == round(0.1 * masks.total())
     opt = (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
            if optimizer == "sgd" else torch.optim.AdamW(model.parameters(), lr=1e-2))
-    masks.attach(opt)
+    ep.masking.binding(model).attach(opt)
     x, y = on(batch_for(SmallCNN.input_shape, seed=1), CUDA)
     for _ in range(20):
         opt.zero_grad()
@@ -69,8 +69,8 @@ def test_structured_surgery_on_cuda_matches_the_cpu_result():
     gpu_model = copy.deepcopy(cpu_model).to(CUDA)
     batch = batch_for(TinyResNet.input_shape)
     opt = torch.optim.SGD(gpu_model.parameters(), lr=0.1, momentum=0.9)
-    prune_structured(cpu_model, "crop", 0.5, [batch])
-    prune_structured(gpu_model, "crop", 0.5, [batch], optimizer=opt)
+    prune_channels(cpu_model, "crop", 0.5, [batch])
+    prune_channels(gpu_model, "crop", 0.5, [batch], optimizer=opt)
     assert {n: p.shape for n, p in cpu_model.named_parameters()} == {n: p.shape for n, p in gpu_model.named_parameters()}
     cpu_model.eval(), gpu_model.eval()
     x = batch[0]

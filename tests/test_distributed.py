@@ -83,6 +83,7 @@ def ddp_worker(rank: int, world: int, port: int, out: str) -> None:
             optimizer.zero_grad()
             F.cross_entropy(ddp(x), y).backward()
             optimizer.step()
+        masks = ep.masking.applied_masks(ddp.module)  # the masks are a value: the surgery bound sliced ones
         torch.save({"masks": dict(masks.items()), "state": ddp.module.state_dict(), "event": event.as_dict()},
                    f"{out}/rank{rank}.pt")
     finally:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import earlyprune as ep
 from earlyprune.early import EarlyPruner
-from earlyprune.schedules import WeightDistance, WeightDistanceTrigger
+from earlyprune.triggers import WeightDistance, WeightDistanceTrigger
 
 from conftest import SmallCNN, batch_for
 

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import earlyprune as ep
-from earlyprune.masks import applied_masks, prunable_parameters
+from earlyprune.masking import applied_masks
+from earlyprune.prunable import prunable_parameters
 
 from conftest import SmallCNN, TinyResNet, batch_for, mlp
 
@@ -191,9 +192,9 @@ def test_stats_are_exact():
     assert masks.sparsity() == pytest.approx(16 / 60)
     assert masks.layer_sparsity() == {"0.weight": pytest.approx(0.3), "2.weight": pytest.approx(0.1)}
     assert masks.collapsed() == []
-    masks.apply(model)
+    binding = masks.apply(model)
     assert applied_masks(model) is masks
-    masks.detach()
+    binding.remove()
     assert applied_masks(model) is None
 
 

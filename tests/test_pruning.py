@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 import earlyprune as ep
-from earlyprune.selection import crop_it_schedule, exponential_schedule, select
+from earlyprune.schedules import crop_it_schedule, exponential_schedule
+from earlyprune.selection import select
 
 from conftest import SmallCNN, TinyResNet, batch_for, mlp
 

@@ -400,8 +400,9 @@ def test_groups_from_a_copy_need_example_inputs_and_stale_groups_are_refused():
 def test_unstructured_masks_are_sliced_with_the_channels():
     model, x, y = make("vgg11")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    masks = ep.prune(model, "magnitude", 0.8, optimizer=optimizer)
-    ep.prune(model, "random", 0.5, data=(x, y), structured=True, optimizer=optimizer)
+    ep.prune(model, "magnitude", 0.8, optimizer=optimizer)
+    ep.prune_channels(model, "random", 0.5, data=(x, y), optimizer=optimizer)
+    masks = ep.masking.applied_masks(model)  # masks are values: the surgery bound sliced ones
     params = dict(model.named_parameters())
     for name, mask in masks.items():
         assert mask.shape == params[name].shape
@@ -592,9 +593,9 @@ def test_structured_scoring_leaves_the_model_untouched(method, name):
 def test_structured_bad_input():
     model, x, y = make("lenet300")
     with pytest.raises(ep.PruningError, match="no structured form"):
-        ep.prune(model, "grasp", 0.5, data=(x, y), structured=True)
+        ep.prune_channels(model, "grasp", 0.5, data=(x, y))
     with pytest.raises(ep.PruningError, match="sparsity"):
-        ep.prune(model, "snip", 1.0, data=(x, y), structured=True)
+        ep.prune_channels(model, "snip", 1.0, data=(x, y))
     groups = channel_groups(model, x[:1])
     with pytest.raises(ep.PruningError, match="needs data"):
         channel_importance(model, "crop", None, groups)
@@ -602,7 +603,7 @@ def test_structured_bad_input():
 
 def test_structured_prune_on_a_schedule_rescores_each_round_and_composes_the_kept_indices(monkeypatch):
     import earlyprune.structured.api as api
-    from earlyprune.selection import crop_it_schedule
+    from earlyprune.schedules import crop_it_schedule
 
     model, x, y = make("vgg11")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -615,7 +616,7 @@ def test_structured_prune_on_a_schedule_rescores_each_round_and_composes_the_kep
         return original(model_, method, batches, groups, **kwargs)
 
     monkeypatch.setattr(api, "channel_importance", counting)
-    ep.prune(model, "crop", 0.75, data=(x, y), structured=True, schedule="crop-it")
+    result = ep.prune_channels(model, "crop", 0.75, data=(x, y), schedule="crop-it")
     schedule = crop_it_schedule(0.75)
     # One rescoring per round, each on the model the previous round left, the first on the full model.
     assert len(rounds) == len(schedule) and rounds[0] == total
@@ -623,7 +624,6 @@ def test_structured_prune_on_a_schedule_rescores_each_round_and_composes_the_kep
     after = sum(g.size for g in channel_groups(model, x[:1]))
     assert after == round(0.25 * total)
     # The composed kept indices slice the original tensors into the final ones.
-    result = model.earlyprune_shrink
     assert result.params_before == sum(t.numel() for t in before.values())
     for name, param in model.named_parameters():
         torch.testing.assert_close(slice_like(before[name], result.kept_indices.get(name, {})), param.detach())
@@ -632,7 +632,7 @@ def test_structured_prune_on_a_schedule_rescores_each_round_and_composes_the_kep
 def test_structured_early_pruner_prunes_on_the_crop_it_schedule_and_training_goes_on(monkeypatch):
     import earlyprune.structured.api as api
     from earlyprune import EarlyPruner
-    from earlyprune.selection import crop_it_schedule
+    from earlyprune.schedules import crop_it_schedule
 
     rounds = []
     original = api.channel_importance

@@ -1,24 +1,32 @@
 """earlyprune: pruning neural networks before and early in training.
 
-The public API (see the README and DESIGN notes)::
+The public API (see the README)::
 
     import earlyprune as ep
     scores = ep.score(model, "grasp", batches)                       # {param name: tensor}, higher = keep
     masks = ep.prune(model, "snip", sparsity=0.98, data=loader)      # applies; returns ep.Masks
+    result = ep.prune_channels(model, "crop", sparsity=0.5, data=loader)  # channels removed; result.model
     ep.report(model)                                                 # params, non-zero, FLOPs per layer
     ep.methods()                                                     # every method with its paper
     pruner = ep.EarlyPruner(model, "crop", sparsity=0.98, data=loader, optimizer=opt)  # pruner.step() per epoch
     resizer = ep.ActivationDensityPruner(model, example_inputs, optimizer=opt)       # resizer.epoch_end()
+
+A criterion of one's own is an :class:`ep.Criterion` passed as ``method`` (see docs/extending.md).
 """
 
 from . import data, distributed, models
 from .activation_density import ActivationDensityPruner
+from .criteria import Criterion
 from .early import EarlyPruner
 from .errors import LayerCollapseError, PruningError
 from .masks import Masks
 from .metrics import report
 from .pruning import methods, prune, score
+from .structured import prune_channels
 
 __version__ = "0.1.0"
 
-__all__ = ["models", "data", "EarlyPruner", "ActivationDensityPruner", "Masks", "prune", "score", "report", "methods", "PruningError", "LayerCollapseError", "__version__"]
+__all__ = [
+    "models", "data", "Criterion", "EarlyPruner", "ActivationDensityPruner", "Masks", "prune", "prune_channels",
+    "score", "report", "methods", "PruningError", "LayerCollapseError", "__version__",
+]

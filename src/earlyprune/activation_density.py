@@ -39,7 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .criteria._context import model_device, model_dtype, to_device
+from .batches import to_device
+from .model_state import model_device, model_dtype, preserved_modes
 from .distributed import average_across_ranks
 from .errors import PruningError
 from .metrics import report
@@ -312,13 +313,10 @@ def relu_groups(model: nn.Module, plan: GroupPlan, example_inputs: Any) -> dict[
     for name, module in modules.items():
         if isinstance(module, nn.ReLU):
             handles.append(module.register_forward_hook(relu_hook(name)))
-    was_training = model.training
     try:
-        model.eval()
-        with torch.enable_grad():
+        with preserved_modes(model, train=False), torch.enable_grad():
             model(example_inputs)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     reused = sorted(name for name, count in calls.items() if count > 1)

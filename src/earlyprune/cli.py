@@ -105,6 +105,9 @@ def _refuse_flags_that_do_not_apply(config) -> None:
     if density and pruning.when != "init":
         raise PruningError("--when does not apply to activation_density, which resizes every --prune-every epochs "
                            "from the start of training")
+    if pruning.structured and (pruning.scope != "global" or pruning.rule != "topk" or pruning.iterations):
+        raise PruningError("--scope, --rule and --iterations apply to unstructured pruning only: with --structured "
+                           "channels are ranked globally and the kept count is exact")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 Call :meth:`EarlyPruner.step` once per epoch (after the epoch's training), or every N training steps if
 you prefer finer checks: the pruner counts calls, so ``at_epoch``/``cap_epoch`` then count calls too. It watches the normalised
-weight distance (:mod:`earlyprune.schedules`), fires by EarlyCroP's rule, at a cap epoch, or at a fixed
+weight distance (:mod:`earlyprune.triggers`), fires by EarlyCroP's rule, at a cap epoch, or at a fixed
 epoch, then prunes (iteratively, rescoring under the current mask, on EarlyCroP's schedule by default)
 with any criterion — ``crop`` by default — unstructured (masks) or structured (channels removed
 physically, the optimizer's state sliced in place so training goes on).
@@ -19,10 +19,13 @@ from torch import nn
 
 from .distributed import broadcast_decision, unwrap
 from .errors import PruningError
-from .masks import prunable_parameters
+from .batches import first_example, is_batch
+from .criteria import Criterion, resolve
 from .metrics import report
+from .prunable import prunable_parameters
 from .pruning import prune
-from .schedules import DEFAULT_RELATIVE_THRESHOLD, WeightDistance, WeightDistanceTrigger
+from .structured import prune_channels
+from .triggers import DEFAULT_RELATIVE_THRESHOLD, WeightDistance, WeightDistanceTrigger
 from .selection import check_sparsity
 
 
@@ -51,24 +54,26 @@ class EarlyPruner:
 
     Args:
         model: the model being trained (changed in place).
-        method: any criterion (default ``"crop"``, EarlyCroP's).
+        method: any criterion, by name or as a :class:`~earlyprune.criteria.Criterion` (default ``"crop"``,
+            EarlyCroP's).
         sparsity: weight sparsity (unstructured) or fraction of channels removed (structured).
         data: scoring data from the *training* set: batches or a loader.
         structured: remove whole channels physically.
         optimizer: the training optimizer; its state is masked (unstructured) or sliced (structured).
         at_epoch: prune at this epoch instead of by the trigger.
         cap_epoch: prune at this epoch at the latest (the trigger may fire earlier).
-        relative_threshold: the trigger's threshold as a fraction of d_2 (see :mod:`earlyprune.schedules`).
+        relative_threshold: the trigger's threshold as a fraction of d_2 (see :mod:`earlyprune.triggers`).
         schedule: pruning schedule, unstructured and structured alike: default EarlyCroP's (``"crop-it"``:
             k_i = s − (s − 0.5)·0.5^i, then s, rescoring the masked or shrunk model each round);
             ``"exponential"`` for one shot (or ``iterations`` rounds of d^(i/n), unstructured only).
-        **prune_options: passed to :func:`earlyprune.prune` (scope, loss_fn, criterion options, ...).
+        **prune_options: passed to :func:`earlyprune.prune` (scope, loss_fn, criterion options, ...) or, with
+            ``structured=True``, to :func:`earlyprune.prune_channels`.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        method: str = "crop",
+        method: str | Criterion = "crop",
         sparsity: float = 0.9,
         data: Any = None,
         *,
@@ -85,7 +90,10 @@ class EarlyPruner:
             raise PruningError(f"at_epoch must be >= 1, got {at_epoch}")
         model = unwrap(model)  # surgery happens on the module; rebuild a DDP wrapper after a structured prune
         self.model = model
-        self.method = method
+        self.method = resolve(method)  # an unknown method is refused now, not when the pruner fires
+        if self.method.needs_data and data is None:
+            raise PruningError(f"method {self.method.name!r} needs scoring data: pass data=batches or a loader "
+                               "of the training set")
         self.data = data
         self.structured = structured
         self.optimizer = optimizer
@@ -96,7 +104,7 @@ class EarlyPruner:
         self.distance = WeightDistance(prunable_parameters(model))
         self.epoch = 0
         self.event: PruneEvent | None = None
-        self.result: Any = None  # the Masks (unstructured) or the model (structured)
+        self.result: Any = None  # the Masks (unstructured) or the ChannelPruneResult (structured)
 
     @property
     def fired(self) -> bool:
@@ -125,12 +133,9 @@ class EarlyPruner:
         example = _example_input(self.data)
         before = report(self.model, example_inputs=example)
         start = time.perf_counter()
-        options = dict(self.prune_options)
-        options["schedule"] = self.schedule
-        self.result = prune(
-            self.model, self.method, self.sparsity, self.data, structured=self.structured,
-            optimizer=self.optimizer, **options,
-        )
+        call = prune_channels if self.structured else prune
+        self.result = call(self.model, self.method, self.sparsity, self.data, optimizer=self.optimizer,
+                           schedule=self.schedule, **self.prune_options)
         seconds = time.perf_counter() - start
         after = report(self.model, example_inputs=example)
         self.event = PruneEvent(
@@ -142,11 +147,5 @@ class EarlyPruner:
 
 def _example_input(data: Any) -> Any:
     """One example from the scoring data, for FLOPs counting."""
-    batch = data if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[1], torch.Tensor) else None
-    if batch is None:
-        for batch in data:
-            break
-    if batch is None:
-        return None
-    inputs = batch[0]
-    return inputs[:1] if isinstance(inputs, torch.Tensor) else None
+    batch = data if is_batch(data) else next(iter(data), None)
+    return None if batch is None else first_example(batch[0])

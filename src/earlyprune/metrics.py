@@ -16,8 +16,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .criteria._context import isolated, model_device, model_dtype, to_device
-from .masks import DEFAULT_PRUNABLE_TYPES
+from .batches import leading_dim, to_device
+from .model_state import isolated, model_device, model_dtype
+from .prunable import DEFAULT_PRUNABLE_TYPES
 
 
 @dataclass
@@ -174,15 +175,4 @@ def _flops_per_module(model: nn.Module, example_inputs: Any, input_shape: Sequen
 
 def _batch_size(example_inputs: Any) -> int:
     """Leading dimension of the first batched tensor in ``example_inputs`` (a tensor, dict, list or tuple)."""
-    return _first_leading_dim(example_inputs) or 1
-
-
-def _first_leading_dim(value: Any) -> int:
-    if isinstance(value, torch.Tensor):
-        return value.shape[0] if value.dim() else 0
-    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
-    for item in items:
-        size = _first_leading_dim(item)
-        if size:
-            return size
-    return 0
+    return leading_dim(example_inputs) or 1

@@ -1,85 +1,54 @@
-"""When to prune: at a fixed epoch, or by EarlyCroP's weight-distance trigger.
+"""Sparsity schedules: the sparsity reached after each round of iterative pruning.
 
-EarlyCroP (Rachwan et al., ICML 2022) trains dense until training has settled and then prunes. After each
-epoch t it measures the normalised distance of the weights from those after epoch 1,
+* exponential (SynFlow, Tanaka et al., NeurIPS 2020): density d^(i/n) after round i = 1..n;
+* CroP-it (EarlyCroP, Rachwan et al., ICML 2022): k_i = s − (s − 0.5)·0.5^i for i = 0..5, then s;
+* or an explicit non-decreasing list of sparsities ending at the target.
 
-    d_t = ‖W_ref − W_t‖ / ‖W_ref‖,
-
-and prunes once the distance stops changing: |d_t − d_{t−1}| < threshold, or at a cap epoch.
-
-The threshold. In the official code the threshold is derived from the pruning limit in a way that, for
-structured limits of 0.9 and above, becomes ≤ 0, so the condition can never hold and pruning only
-happens at the cap. This library defines the threshold from the training run itself, which is always
-positive: ``threshold = relative_threshold · d_2`` (d_2 is the distance after epoch 2, the first change
-that can be measured, so the rule reads "prune when the per-epoch change of the distance has fallen to
-``relative_threshold`` of its first value"). The default ``relative_threshold`` is documented on
-:class:`WeightDistanceTrigger`.
+When to prune (EarlyCroP's weight-distance trigger) lives in :mod:`earlyprune.triggers`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-import torch
-from torch import nn
+from typing import Any
 
 from .errors import PruningError
+from .selection import check_sparsity
 
-DEFAULT_RELATIVE_THRESHOLD = 0.1
+
+def exponential_schedule(sparsity: float, iterations: int) -> list[float]:
+    """SynFlow's schedule: density d^(i/n) after round i = 1..n, returned as sparsities."""
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise PruningError(f"iterations must be an integer >= 1, got {iterations!r}")
+    density = 1.0 - sparsity
+    return [1.0 - density ** (i / iterations) for i in range(1, iterations + 1)]
 
 
-@dataclass
-class WeightDistanceTrigger:
-    """EarlyCroP's trigger as pure logic on the sequence of distances d_1, d_2, ... (d_1 = 0).
+def crop_it_schedule(sparsity: float, steps: int = 6) -> list[float]:
+    """EarlyCroP's iterative schedule: k_i = s − (s − 0.5)·0.5^i for i = 0..steps−1, then s.
 
-    ``update(epoch, distance)`` returns True on the epoch pruning should happen. ``cap_epoch`` forces it
-    at that epoch at the latest; ``min_epoch`` (default 3, the first epoch a change of the change can be
-    seen) forbids it earlier.
+    Steps at or below zero or not below ``s`` are dropped, so a target under 50% is reached in one step.
     """
-
-    relative_threshold: float = DEFAULT_RELATIVE_THRESHOLD
-    cap_epoch: int | None = None
-    min_epoch: int = 3
-    distances: dict[int, float] = field(default_factory=dict)
-    threshold: float | None = None
-    fired_at: int | None = None
-
-    def __post_init__(self) -> None:
-        if not self.relative_threshold > 0:
-            raise PruningError(f"relative_threshold must be > 0, got {self.relative_threshold}")
-        if self.cap_epoch is not None and self.cap_epoch < 1:
-            raise PruningError(f"cap_epoch must be >= 1, got {self.cap_epoch}")
-
-    def update(self, epoch: int, distance: float) -> bool:
-        if self.fired_at is not None:
-            return False
-        self.distances[epoch] = float(distance)
-        if epoch == 2:
-            self.threshold = self.relative_threshold * abs(distance)
-        fire = False
-        if self.cap_epoch is not None and epoch >= self.cap_epoch:
-            fire = True
-        elif epoch >= self.min_epoch and self.threshold is not None and (epoch - 1) in self.distances:
-            fire = abs(distance - self.distances[epoch - 1]) < self.threshold
-        if fire:
-            self.fired_at = epoch
-        return fire
+    values = [sparsity - (sparsity - 0.5) * 0.5**i for i in range(steps)] + [sparsity]
+    schedule: list[float] = []
+    for v in values:
+        if 0.0 < v <= sparsity and (not schedule or v > schedule[-1]):
+            schedule.append(v)
+    return schedule or [sparsity]
 
 
-class WeightDistance:
-    """Tracks d_t = ‖W_ref − W_t‖ / ‖W_ref‖ over the given parameters, W_ref = weights at :meth:`set_reference`."""
+def schedule_targets(sparsity: float, schedule: Any = None, iterations: int = 1) -> list[float]:
+    """The sparsity reached after each round of pruning.
 
-    def __init__(self, params: dict[str, nn.Parameter]):
-        self.params = params
-        self.reference: dict[str, torch.Tensor] | None = None
-
-    def set_reference(self) -> None:
-        self.reference = {n: p.detach().clone() for n, p in self.params.items()}
-
-    @torch.no_grad()
-    def distance(self) -> float:
-        if self.reference is None:
-            raise PruningError("the reference weights are not set yet (set_reference after epoch 1)")
-        diff = sum(float(((p.detach() - self.reference[n]) ** 2).sum()) for n, p in self.params.items())
-        norm = sum(float((r**2).sum()) for r in self.reference.values())
-        return (diff / norm) ** 0.5 if norm > 0 else 0.0
+    ``schedule``: ``None``/``"exponential"`` (SynFlow's d^(i/n) over ``iterations`` rounds; one round is
+    one shot), ``"crop-it"`` (EarlyCroP's), or an explicit non-decreasing list ending at ``sparsity``.
+    """
+    if schedule is None or schedule == "exponential":
+        return exponential_schedule(sparsity, iterations)
+    if schedule == "crop-it":
+        return crop_it_schedule(sparsity)
+    if isinstance(schedule, str):
+        raise PruningError(f"schedule must be 'exponential', 'crop-it' or a list of sparsities, got {schedule!r}")
+    steps = [check_sparsity(s, "schedule entry") for s in schedule]
+    if not steps or any(b < a for a, b in zip(steps, steps[1:])) or abs(steps[-1] - sparsity) > 1e-12:
+        raise PruningError(f"schedule must be non-decreasing and end at sparsity {sparsity}, got {list(schedule)}")
+    return steps

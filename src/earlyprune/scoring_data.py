@@ -8,21 +8,39 @@ criteria whose paper scores on a class-balanced set (GraSP: 10 samples per class
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
+from torch import nn
 
-from .criteria import Batch, as_batches
+from .batches import Batch, as_batches, first_example, is_batch_list, to_device
+from .criteria import Criterion
 from .errors import PruningError
+from .model_state import isolated, model_device, model_dtype
 
 
-def is_batch_list(data: Any) -> bool:
-    """True for one ``(inputs, targets)`` pair or a list/tuple of such pairs (used as given)."""
-    if isinstance(data, (list, tuple)):
-        if len(data) == 2 and isinstance(data[1], torch.Tensor) and not isinstance(data[0], (list, tuple)):
-            return True
-        return all(isinstance(b, (list, tuple)) and len(b) == 2 for b in data)
-    return False
+def scoring_batches(
+    model: nn.Module, criterion: Criterion, data: Any, num_batches: int = 1, samples_per_class: int = 10
+) -> list[Batch] | None:
+    """The batches ``criterion`` scores ``model`` on, from ``data`` as given to ``earlyprune.prune``.
+
+    None without data (an error if the criterion needs data); batches given directly as they are; from a
+    loader the first ``num_batches``, or for a class-balanced criterion (GraSP) ``samples_per_class``
+    examples of each class, split in two halves as GraSP's official code scores them.
+    """
+    if data is None:
+        if criterion.needs_data:
+            raise PruningError(
+                f"method {criterion.name!r} needs data: pass data=(inputs, targets), a list of batches or a loader"
+            )
+        return None
+    if is_batch_list(data):
+        return as_batches(data)
+    if criterion.data == "class_balanced":
+        first, data = _peek(data)
+        return _halves(class_balanced(data, samples_per_class, _num_classes(model, first)))
+    return first_batches(data, num_batches)
 
 
 def first_batches(loader: Any, num_batches: int) -> list[Batch]:
@@ -72,3 +90,29 @@ def class_balanced(loader: Any, samples_per_class: int, num_classes: int) -> lis
         )
     order = torch.argsort(torch.stack(targets), stable=True)
     return [(torch.stack(inputs)[order], torch.stack(targets)[order])]
+
+
+def _halves(batches: list[Batch]) -> list[Batch]:
+    """Split the class-balanced set into two halves, as GraSP's official code scores it."""
+    inputs, targets = batches[0]
+    half = targets.shape[0] // 2
+    if half == 0:
+        return batches
+    return [(inputs[:half], targets[:half]), (inputs[half:], targets[half:])]
+
+
+def _num_classes(model: nn.Module, first_batch: Any) -> int:
+    """Number of classes = width of the model's output on one example of the data's first batch."""
+    with isolated(model, train=False), torch.no_grad():
+        out = model(to_device(first_example(first_batch[0]), model_device(model), model_dtype(model)))
+    return int(out.shape[-1])
+
+
+def _peek(loader: Any) -> tuple[Any, Any]:
+    """The first batch of ``loader`` and an iterable of all its batches, that first one included, that
+    walks ``loader`` only once (so one-pass iterators lose nothing)."""
+    iterator = iter(loader)
+    first = next(iterator, None)
+    if first is None:
+        raise PruningError("data is empty: the loader yielded no batches")
+    return first, itertools.chain([first], iterator)

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .criteria._context import model_device, model_dtype, to_device
+from .batches import to_device
+from .model_state import model_device, model_dtype, preserved_modes
 from .errors import PruningError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -122,20 +123,17 @@ def make_scheduler(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable[Any]) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` over ``loader`` (in eval mode, restored after)."""
-    was_training = model.training
-    model.eval()
+    """Mean cross-entropy and accuracy of ``model`` over ``loader`` (in eval mode, every submodule's own
+    mode restored after)."""
     device, dtype = model_device(model), model_dtype(model)
     loss_sum, correct, count = 0.0, 0, 0
-    try:
+    with preserved_modes(model, train=False):
         for inputs, targets in loader:
             inputs, targets = to_device(inputs, device, dtype), targets.to(device)
             outputs = model(inputs)
             loss_sum += float(F.cross_entropy(outputs, targets, reduction="sum"))
             correct += int((outputs.argmax(1) == targets).sum())
             count += targets.shape[0]
-    finally:
-        model.train(was_training)
     if count == 0:
         raise PruningError("the evaluation data is empty")
     return loss_sum / count, correct / count

@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from ._context import Batch, LossFn, batch_loss
+from ..batches import Batch
+from ..loss import LossFn, batch_loss
 
 
 def loss_gradient(
@@ -67,3 +68,10 @@ def hessian_gradient_product(
             if h is not None:
                 total[n] += h.detach()
     return total
+
+
+def accumulate_gate_grads(totals: dict[int, torch.Tensor], groups: Sequence, grads: Sequence) -> None:
+    """Add each group's gate gradient (float64, on the CPU) to ``totals``; groups without one are skipped."""
+    for g, grad in zip(groups, grads):
+        if grad is not None:
+            totals[g.index] += grad.detach().double().cpu()

@@ -7,27 +7,87 @@ gradient norm gᵀg, so weights that change gradient flow the most in *either* d
 (GraSP keeps only one sign). Unlike GraSP there is no temperature, and the scores are taken under the
 current mask: g is the gradient of the masked network (zero for pruned weights), so iterative
 CroP-it rescoring sees the network as it now is.
+
+Structured (EarlyCroP structured): |∂z/∂c| at c = 1 for a gate c on each channel's output, with
+z = gᵀ ∇_w L(w, c) and g = Σ_b ∇_w L_b held constant. As in the official code (``CroPStructured``): w are
+the weights of every Conv/Linear layer (no biases, no BatchNorm), g is computed first without a graph,
+summed over the batches; then per batch ``∇_w L_b`` is taken with ``create_graph=True`` through the gated
+model, z_b = Σ g·∇_w L_b (under the current unstructured masks, g·mask), and ∂z_b/∂c is summed over the
+batches before the absolute value. It is the gate analogue of |θ ⊙ Hg|: differentiating gᵀ∇_wL with
+respect to w gives Hg, with respect to the gate the mixed second derivative gᵀ ∂²L/∂w∂c.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import torch
 from torch import nn
 
-from ._autograd import hessian_gradient_product, loss_gradient
-from ._context import Batch, LossFn
+from ..errors import PruningError
+from ..loss import batch_loss
+from ..structured.gates import channel_gates
+from ._autograd import accumulate_gate_grads, hessian_gradient_product, loss_gradient
+from .spec import Criterion, Scoring
+
+_WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
 
 
-def crop_importance(
-    model: nn.Module,
-    params: Mapping[str, nn.Parameter],
-    batches: Sequence[Batch],
-    loss_fn: LossFn,
-    masks: Mapping[str, torch.Tensor] | None = None,
-) -> dict[str, torch.Tensor]:
+def crop_importance(scoring: Scoring) -> dict[str, torch.Tensor]:
     """|θ ⊙ (H g)| under the current masks; higher = keep."""
-    grads = loss_gradient(model, params, batches, loss_fn, masks=masks)
+    model, params, batches, loss_fn = scoring.model, scoring.params, scoring.batches, scoring.loss_fn
+    grads = loss_gradient(model, params, batches, loss_fn, masks=scoring.masks)
     hg = hessian_gradient_product(model, params, batches, grads, loss_fn)
     return {n: (p.detach() * hg[n]).abs() for n, p in params.items()}
+
+
+def crop_channel_importance(scoring: Scoring) -> dict[int, torch.Tensor]:
+    """Σ_b ∂(g·∇_w L_b)/∂c at c = 1 with g = Σ_b ∇_w L_b constant, then abs (the official CroPStructured)."""
+    model, groups, batches, loss_fn = scoring.model, scoring.groups, scoring.batches, scoring.loss_fn
+    named = _conv_linear_weights(model)
+    if not named:
+        raise PruningError("structured crop needs Conv/Linear weights that require gradients")
+    names, weights = list(named), list(named.values())
+    mask_of = dict(scoring.masks or {})
+    flow_target = [torch.zeros_like(w) for w in weights]
+    for batch in batches:  # g without a graph, summed over the batches
+        loss = batch_loss(model, batch, loss_fn)
+        for acc, grad in zip(flow_target, torch.autograd.grad(loss, weights, allow_unused=True)):
+            if grad is not None:
+                acc += grad
+    for i, name in enumerate(names):  # gradient flow under the current mask (pruned weights don't count)
+        if name in mask_of:
+            flow_target[i] = flow_target[i] * mask_of[name].to(device=flow_target[i].device,
+                                                               dtype=flow_target[i].dtype)
+    totals = {g.index: torch.zeros(g.size, dtype=torch.float64) for g in groups}
+    with channel_gates(model, groups) as gates:
+        gate_list = [gates[g.index] for g in groups]
+        for batch in batches:
+            loss = batch_loss(model, batch, loss_fn)
+            flow = torch.autograd.grad(loss, weights, create_graph=True, allow_unused=True)
+            z = sum((f * g).sum() for f, g in zip(flow, flow_target) if f is not None)
+            if not isinstance(z, torch.Tensor) or not z.requires_grad:
+                continue  # the loss does not depend on the gates through the weights' gradient
+            accumulate_gate_grads(totals, groups, torch.autograd.grad(z, gate_list, allow_unused=True))
+    return {k: v.abs() for k, v in totals.items()}
+
+
+def _conv_linear_weights(model: nn.Module) -> dict[str, nn.Parameter]:
+    """``{name: weight}`` of every Conv/Linear layer (each shared weight once), the official code's set."""
+    named, seen = {}, set()
+    for module_name, module in model.named_modules():
+        if isinstance(module, _WEIGHT_LAYERS):
+            weight = module._parameters.get("weight")
+            if weight is not None and weight.requires_grad and id(weight) not in seen:
+                seen.add(id(weight))
+                named[f"{module_name}.weight" if module_name else "weight"] = weight
+    return named
+
+
+CROP = Criterion(
+    "crop", paper="Rachwan et al., EarlyCroP, ICML 2022",
+    summary="abs(θ ⊙ Hg) under the current mask, gradient-flow preservation",
+    importance=crop_importance, channel_importance=crop_channel_importance,
+)
+CROP_IT = CROP.variant(
+    "crop-it", paper="Rachwan et al., EarlyCroP (CroP-it), ICML 2022",
+    summary="iterative crop, rescored under the current mask", schedule="crop-it",
+)

@@ -17,29 +17,27 @@ Details kept from the official code:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import torch
-from torch import nn
 
 from ..errors import PruningError
 from ._autograd import hessian_gradient_product, loss_gradient
-from ._context import Batch, LossFn
+from .spec import Criterion, Scoring
 
 DEFAULT_TEMPERATURE = 200.0
 
 
-def grasp_importance(
-    model: nn.Module,
-    params: Mapping[str, nn.Parameter],
-    batches: Sequence[Batch],
-    loss_fn: LossFn,
-    masks: Mapping[str, torch.Tensor] | None = None,
-    temperature: float = DEFAULT_TEMPERATURE,
-) -> dict[str, torch.Tensor]:
+def grasp_importance(scoring: Scoring, *, temperature: float = DEFAULT_TEMPERATURE) -> dict[str, torch.Tensor]:
     """θ ⊙ (H g) with g and H taken on logits / ``temperature``; higher = keep."""
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise PruningError(f"temperature must be a number > 0 (GraSP's T, default 200), got {temperature!r}")
-    grads = loss_gradient(model, params, batches, loss_fn, temperature, masks=masks)
+    model, params, batches, loss_fn = scoring.model, scoring.params, scoring.batches, scoring.loss_fn
+    grads = loss_gradient(model, params, batches, loss_fn, temperature, masks=scoring.masks)
     hg = hessian_gradient_product(model, params, batches, grads, loss_fn, temperature)
     return {n: p.detach() * hg[n] for n, p in params.items()}
+
+
+GRASP = Criterion(
+    "grasp", paper="Wang, Zhang, Grosse, GraSP, ICLR 2020",
+    summary="θ ⊙ Hg with g on logits/T (signed), gradient-signal preservation",
+    importance=grasp_importance, data="class_balanced",
+)

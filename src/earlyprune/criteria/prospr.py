@@ -16,30 +16,28 @@ weights are passed with ``torch.func.functional_call``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import torch
-from torch import nn
 from torch.func import functional_call
 
+from ..batches import Batch
 from ..errors import PruningError
-from ._context import Batch, LossFn, batch_loss
+from ..loss import batch_loss
+from .spec import Criterion, Scoring
 
 DEFAULT_STEPS = 3
 DEFAULT_INNER_LR = 0.1
 
 
 def prospr_importance(
-    model: nn.Module,
-    params: Mapping[str, nn.Parameter],
-    batches: Sequence[Batch],
-    loss_fn: LossFn,
-    masks: Mapping[str, torch.Tensor] | None = None,
+    scoring: Scoring,
+    *,
     steps: int = DEFAULT_STEPS,
     inner_lr: float = DEFAULT_INNER_LR,
     fresh_batches: bool = False,
 ) -> dict[str, torch.Tensor]:
     """|∂L(θ_M)/∂m| at m = 1 after ``steps`` differentiable SGD steps; higher = keep."""
+    model, params, batches, loss_fn, masks = (scoring.model, scoring.params, scoring.batches, scoring.loss_fn,
+                                              scoring.masks)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise PruningError(f"steps must be an integer >= 0 (number of inner SGD steps), got {steps!r}")
     if not inner_lr > 0:
@@ -90,3 +88,9 @@ def prospr_importance(
     return {
         n: torch.zeros_like(gates[n]) if g is None else g.detach().abs() for n, g in zip(names, meta_grads)
     }
+
+
+PROSPR = Criterion(
+    "prospr", paper="Alizadeh et al., ProsPr, ICLR 2022",
+    summary="abs(∂L(θ_M)/∂m), meta-gradient through M SGD steps", importance=prospr_importance,
+)

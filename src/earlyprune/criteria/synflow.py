@@ -5,38 +5,44 @@ Data-free. The network is linearised by replacing every parameter and buffer wit
 fed one all-ones input, and R = sum of its outputs. Importance of θ is |θ ⊙ ∂R/∂θ| (with θ ≥ 0 after
 linearisation). As in the official code (ganguli-lab/Synaptic-Flow) the model is scored in eval mode,
 pruned weights (zero) score zero, and float64 is available against overflow of R in deep networks.
-The 100 rounds with the exponential schedule belong to :func:`earlyprune.prune` (``iterations``).
+The criterion declares 100 rounds on the exponential schedule; :func:`earlyprune.prune` runs them
+(``iterations`` to change it). The all-ones input takes its shape from ``input_shape``, else from the
+first scoring batch, else from the model's ``input_shape`` attribute (the reference models have one).
 
 The model is never modified: the linearised parameters are passed with ``torch.func.functional_call``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
 from torch.func import functional_call
 
+from ..batches import Batch, tree_map
 from ..errors import PruningError
-from ._context import Batch, model_device, model_dtype
+from ..model_state import model_device, model_dtype
+from .spec import Criterion, Scoring
 
 
 def synflow_importance(
-    model: nn.Module,
-    params: Mapping[str, nn.Parameter],
-    batches: Sequence[Batch] | None = None,
-    input_shape: Sequence[int] | None = None,
+    scoring: Scoring,
+    *,
     double: bool = False,
+    input_shape: Sequence[int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """|θ ⊙ ∂R/∂θ| of the abs-linearised network on an all-ones input; higher = keep.
 
-    The input's shape comes from ``input_shape`` (without batch dimension) or from the first batch.
-    ``double`` computes in float64 (scores are returned in float64 then).
+    The input's shape (without batch dimension) comes from ``input_shape``, the first scoring batch or
+    the model's ``input_shape`` attribute. ``double`` computes in float64 (scores are float64 then).
+    The model is scored in eval mode (the criterion's declared mode).
     """
+    model, params, batches = scoring.model, scoring.params, scoring.batches
     device = model_device(model)
     dtype = torch.float64 if double else None
+    if input_shape is None and not batches:
+        input_shape = getattr(model, "input_shape", None)
     ones = _all_ones_input(batches, input_shape, device, dtype or model_dtype(model))
     names_scored = {id(p): n for n, p in params.items()}
     linear_params: dict[str, torch.Tensor] = {}
@@ -55,12 +61,7 @@ def synflow_importance(
         else b
         for name, b in model.named_buffers()
     }
-    was_training = model.training
-    model.eval()
-    try:
-        output = functional_call(model, {**linear_params, **buffers}, (ones,))
-    finally:
-        model.train(was_training)
+    output = functional_call(model, {**linear_params, **buffers}, (ones,))
     flow = output.sum()
     if not torch.isfinite(flow):
         raise PruningError(
@@ -89,11 +90,15 @@ def _all_ones_input(
 
 
 def _ones_like_one_sample(value: Any, device: torch.device, dtype: torch.dtype | None) -> Any:
-    if isinstance(value, torch.Tensor):
-        ones = torch.ones_like(value[:1], device=device)
-        return ones.to(dtype) if dtype is not None and ones.is_floating_point() else ones
-    if isinstance(value, Mapping):
-        return {k: _ones_like_one_sample(v, device, dtype) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_ones_like_one_sample(v, device, dtype) for v in value)
-    return value
+    def ones(tensor: torch.Tensor) -> torch.Tensor:
+        result = torch.ones_like(tensor[:1], device=device)
+        return result.to(dtype) if dtype is not None and result.is_floating_point() else result
+
+    return tree_map(ones, value)
+
+
+SYNFLOW = Criterion(
+    "synflow", paper="Tanaka, Kunin, Yamins, Ganguli, SynFlow, NeurIPS 2020",
+    summary="abs(θ ⊙ ∂R/∂θ) of the abs-linearised net on an all-ones input, data-free, 100 rounds",
+    importance=synflow_importance, data="none", train=False, iterations=100,
+)

@@ -30,9 +30,7 @@ def epoch_callback(config: RunConfig, model: nn.Module, train_split: Any, record
     pruner = EarlyPruner(
         model, pruning.method, pruning.sparsity, scoring_batches, structured=pruning.structured,
         at_epoch=pruning.prune_epoch, cap_epoch=None if pruning.prune_epoch else max(2, config.training.epochs // 2),
-        scope=pruning.scope, seed=config.seed,
-        **({"schedule": "exponential", "iterations": pruning.iterations} if pruning.iterations else {}),
-        **pruning.options,
+        seed=config.seed, **_unstructured_settings(pruning), **pruning.options,
     )
 
     def on_epoch_end(epoch: int, model: nn.Module, optimizer):
@@ -69,3 +67,13 @@ def _activation_density(config: RunConfig, model: nn.Module, scoring_batches, re
         return None
 
     return on_epoch_end
+
+
+def _unstructured_settings(pruning) -> dict:
+    """Settings only unstructured pruning takes (the CLI refuses them with --structured)."""
+    if pruning.structured:
+        return {}
+    settings = {"scope": pruning.scope, "rule": pruning.rule}
+    if pruning.iterations:
+        settings.update(schedule="exponential", iterations=pruning.iterations)
+    return settings

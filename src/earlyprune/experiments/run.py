@@ -16,6 +16,7 @@ from ..distributed import init_from_environment, rank, unwrap, world_size
 from ..errors import DeviceError, PruningError
 from ..metrics import report
 from ..pruning import methods, prune
+from ..structured import prune_channels
 from ..train import train
 from .config import DENSE, RunConfig
 
@@ -70,11 +71,15 @@ def run_experiment(
         scoring_data = train_split.loader(data.batch_size, shuffle=True, augment=False, seed=config.seed + 1,
                                           **shard)
         start = time.perf_counter()
-        result = prune(
-            model, pruning.method, pruning.sparsity, data=scoring_data, scope=pruning.scope,
-            iterations=pruning.iterations, rule=pruning.rule, structured=pruning.structured, seed=config.seed,
-            num_batches=pruning.score_batches, **pruning.options,
-        )
+        if pruning.structured:
+            result = prune_channels(model, pruning.method, pruning.sparsity, data=scoring_data, seed=config.seed,
+                                    num_batches=pruning.score_batches, **pruning.options)
+        else:
+            result = prune(
+                model, pruning.method, pruning.sparsity, data=scoring_data, scope=pruning.scope,
+                iterations=pruning.iterations, rule=pruning.rule, seed=config.seed,
+                num_batches=pruning.score_batches, **pruning.options,
+            )
         scoring_seconds = time.perf_counter() - start
         if not pruning.structured:
             masks = result

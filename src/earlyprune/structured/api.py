@@ -1,29 +1,90 @@
-"""Structured pruning in one call: trace, score channels, select, remove them physically."""
+"""Structured pruning in one call, :func:`prune_channels`: trace, score channels, select, remove them
+physically; in rounds on a schedule when asked."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
-from ..criteria import as_batches
-from ..criteria._context import first_example, model_device, model_dtype, to_device
+from ..batches import first_example, to_device
+from ..criteria import Criterion, registered, resolve
+from ..distributed import unwrap
 from ..errors import PruningError
-from ..scoring_data import first_batches, is_batch_list
-from ..selection import check_sparsity, schedule_targets
+from ..model_state import model_device, model_dtype
+from ..schedules import schedule_targets
+from ..scoring_data import scoring_batches
+from ..selection import check_sparsity
 from .groups import build_groups
 from .importance import channel_importance
 from .selection import select_channels
-from .surgery import ShrinkResult, shrink
+from .surgery import KeptIndices, ShrinkResult, shrink
+
+#: Settings of unstructured ``earlyprune.prune`` that structured pruning has no use for, and why.
+_UNSTRUCTURED_ONLY = {
+    "scope": "channels are always ranked together across layers (EarlyCroP's node sparsity)",
+    "rule": "the kept count is always exact",
+    "iterations": "rounds follow `schedule` (e.g. 'crop-it' or a list of fractions)",
+    "on_collapse": "every channel group keeps at least one channel (see min_fraction)",
+    "min_per_layer": "use min_fraction for a per-group minimum",
+    "samples_per_class": "no structured criterion scores on a class-balanced set",
+    "structured": "prune_channels is the structured call",
+}
 
 
-def prune_structured(
+@dataclass
+class ChannelPruneResult:
+    """What :func:`prune_channels` did: the (smaller) model and the surgery, composed over the rounds.
+
+    ``kept_indices`` maps each parameter whose shape changed to ``{dim: kept indices}`` relative to the
+    parameter before pruning (slice any per-parameter tensor with :meth:`slice`); ``kept_channels`` the
+    kept channels of each group of the first trace; parameter counts and the output width of every
+    Conv/Linear layer before and after; ``info`` how it was made (method, targets, seed, seconds).
+    """
+
+    model: nn.Module
+    surgery: ShrinkResult
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kept_indices(self) -> KeptIndices:
+        return self.surgery.kept_indices
+
+    @property
+    def kept_channels(self) -> dict[int, torch.Tensor]:
+        return self.surgery.kept_channels
+
+    @property
+    def params_before(self) -> int:
+        return self.surgery.params_before
+
+    @property
+    def params_after(self) -> int:
+        return self.surgery.params_after
+
+    @property
+    def widths_before(self) -> dict[str, int]:
+        return self.surgery.widths_before
+
+    @property
+    def widths_after(self) -> dict[str, int]:
+        return self.surgery.widths_after
+
+    def slice(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Slice per-parameter tensors (scores, EMA weights...) keyed by parameter name like the model."""
+        return self.surgery.slice(tensors)
+
+
+def prune_channels(
     model: nn.Module,
-    method: str,
+    method: str | Criterion,
     sparsity: float,
     data: Any = None,
     *,
+    schedule: Any = None,
     optimizer: torch.optim.Optimizer | None = None,
     loss_fn: Callable | None = None,
     seed: int = 0,
@@ -32,40 +93,48 @@ def prune_structured(
     min_fraction: float = 0.0,
     channel_multiple: int = 1,
     example_inputs: Any = None,
-    schedule: Any = None,
+    train: bool | None = None,
     **options: Any,
-) -> nn.Module:
-    """Remove a fraction ``sparsity`` of all prunable channels of ``model`` (in place) and return it.
+) -> ChannelPruneResult:
+    """Remove a fraction ``sparsity`` of all prunable channels of ``model``, physically and in place.
 
-    ``schedule`` prunes in rounds, re-tracing and rescoring the shrunk model each round: ``"crop-it"``
-    (EarlyCroP's k_i = s − (s − 0.5)·0.5^i, then s) or an increasing list of fractions ending at
-    ``sparsity``; each fraction counts against the channels the model had before the first round.
-    ``None`` (or ``"exponential"`` with one round) prunes in one shot.
-    ``channel_multiple`` rounds every layer's kept width up to a multiple of it (faster kernels).
-    The result of the surgery is stored on the model as ``model.earlyprune_shrink`` (a
-    :class:`ShrinkResult`, composed over the rounds): kept indices, parameter counts and layer widths
-    before and after.
+    Args:
+        model: any ``nn.Module`` torch-pruning can trace; its final classifier keeps its outputs.
+        method: a criterion with a structured form (``random``, ``magnitude``, ``snip``, ``crop``, the
+            ``-it`` variants) or a :class:`~earlyprune.criteria.Criterion` with ``channel_importance``.
+        sparsity: fraction of prunable channels/units removed, in [0, 1) (EarlyCroP's node sparsity).
+        data: scoring data (batches used as given, or the first ``num_batches`` of a loader); it also
+            gives the example input the model is traced with (else ``example_inputs`` or the model's
+            ``input_shape`` attribute).
+        schedule: prune in rounds, re-tracing and rescoring the shrunk model each round: ``"crop-it"``
+            (EarlyCroP's k_i = s − (s − 0.5)·0.5^i, then s) or an increasing list of fractions ending at
+            ``sparsity``, each counted against the channels before the first round. Default: the
+            criterion's (``"crop-it"`` for ``snip-it``/``crop-it``), else one shot.
+        optimizer: the training optimizer; its parameter references and state are sliced in place.
+        exclude: module names or types left whole (with every group tied to them).
+        min_fraction: each group keeps at least this fraction of its channels (and at least one).
+        channel_multiple: round every kept width up to a multiple of it (faster kernels).
+        train: score in training (True) or eval (False) mode; default the criterion's.
+        **options: the criterion's own options.
+
+    Returns a :class:`ChannelPruneResult`; nothing of it is left on the model, which is plain and natively
+    narrow afterwards.
     """
-    for key in ("scope", "iterations", "rule", "on_collapse", "min_per_layer", "samples_per_class"):
-        options.pop(key, None)  # unstructured-only settings
-    if options:
-        raise PruningError(f"unknown option(s) for structured pruning: {sorted(options)}")
+    _refuse_unstructured_settings(options)
     sparsity = check_sparsity(sparsity)
-    targets = schedule_targets(sparsity, schedule)  # one round unless a schedule is given
-    batches = None
-    if data is not None:
-        batches = as_batches(data) if is_batch_list(data) else first_batches(data, num_batches)
-    if example_inputs is None:
-        if batches is not None:
-            example_inputs = first_example(batches[0][0])
-        elif getattr(model, "input_shape", None) is not None:
-            example_inputs = torch.ones((1, *model.input_shape))
-        else:
-            raise PruningError("structured pruning needs example inputs to trace the model: pass data or example_inputs")
-    example_inputs = to_device(example_inputs, model_device(model), model_dtype(model))
-    modules = dict(model.named_modules())
-    ignored = [m for e in exclude for m in ([modules[e]] if isinstance(e, str) and e in modules else
-                                           [x for x in model.modules() if isinstance(e, type) and isinstance(x, e)])]
+    model = unwrap(model)
+    criterion = resolve(method)
+    if not criterion.structured:
+        raise PruningError(
+            f"method {criterion.name!r} has no structured form; structured methods: "
+            f"{', '.join(n for n, c in registered().items() if c.structured)}"
+        )
+    criterion.check_options(options)
+    targets = schedule_targets(sparsity, criterion.schedule if schedule is None else schedule)
+    batches = scoring_batches(model, criterion, data, num_batches)
+    example_inputs = _example_inputs(model, batches, example_inputs)
+    ignored = _ignored_modules(model, exclude)
+    started = time.perf_counter()
     combined: ShrinkResult | None = None
     original_total = None
     for round_index, target in enumerate(targets):
@@ -77,10 +146,53 @@ def prune_structured(
         if round_index and kept_target >= current_total:
             continue  # this round asks for nothing the earlier ones have not removed already
         relative = 1.0 - kept_target / current_total if current_total else 0.0
-        importance = channel_importance(model, method, batches, plan.groups, loss_fn=loss_fn, seed=seed + round_index)
+        importance = channel_importance(model, criterion, batches, plan.groups, loss_fn=loss_fn,
+                                        seed=seed + round_index, train=train, **options)
         keep = select_channels(importance, plan.groups, min(max(relative, 0.0), 1.0 - 1e-12),
                                min_fraction=min_fraction, multiple=channel_multiple)
-        result: ShrinkResult = shrink(model, plan, keep, optimizer=optimizer)
+        result = shrink(model, plan, keep, optimizer=optimizer)
         combined = result if combined is None else combined.then(result)
-    model.earlyprune_shrink = combined
-    return model
+    assert combined is not None  # the first round always runs
+    info = {
+        "method": criterion.name,
+        "criterion": criterion.base or criterion.name,
+        "sparsity_target": sparsity,
+        "schedule": [float(t) for t in targets],
+        "seed": seed,
+        "channels_before": original_total,
+        "scoring_seconds": time.perf_counter() - started,
+        "options": dict(options),
+    }
+    return ChannelPruneResult(model, combined, info)
+
+
+def _refuse_unstructured_settings(options: dict[str, Any]) -> None:
+    for key, why in _UNSTRUCTURED_ONLY.items():
+        if key in options:
+            raise PruningError(f"{key} does not apply to structured pruning (prune_channels): {why}")
+
+
+def _example_inputs(model: nn.Module, batches: Any, example_inputs: Any) -> Any:
+    if example_inputs is None:
+        if batches is not None:
+            example_inputs = first_example(batches[0][0])
+        elif getattr(model, "input_shape", None) is not None:
+            example_inputs = torch.ones((1, *model.input_shape))
+        else:
+            raise PruningError("structured pruning needs example inputs to trace the model: pass data or example_inputs")
+    return to_device(example_inputs, model_device(model), model_dtype(model))
+
+
+def _ignored_modules(model: nn.Module, exclude: Iterable[Any]) -> list[nn.Module]:
+    modules = dict(model.named_modules())
+    ignored: list[nn.Module] = []
+    for e in exclude:
+        if isinstance(e, str):
+            if e not in modules:
+                raise PruningError(f"exclude names {e!r}, which is not a module of the model")
+            ignored.append(modules[e])
+        elif isinstance(e, type):
+            ignored.extend(m for m in model.modules() if isinstance(m, e))
+        else:
+            raise PruningError(f"exclude takes module names or types, got {e!r}")
+    return ignored

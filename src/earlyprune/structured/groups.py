@@ -21,6 +21,7 @@ import torch_pruning as tp
 from torch import nn
 
 from ..errors import PruningError
+from ..model_state import preserved_modes
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -148,9 +149,9 @@ def build_groups(
 
 def trace(model: nn.Module, example_inputs: Any) -> Any:
     """torch-pruning's dependency graph of ``model``; every submodule's train/eval mode is kept."""
-    modes = {m: m.training for m in model.modules()}
     try:
-        with torch.enable_grad():  # tracing follows autograd's graph
+        # tracing switches the model to eval mode; every submodule gets its own mode back
+        with preserved_modes(model), torch.enable_grad():  # tracing follows autograd's graph
             return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
     except Exception as exc:  # tracing failures come in many types
         raise PruningError(
@@ -159,9 +160,6 @@ def trace(model: nn.Module, example_inputs: Any) -> Any:
             "a dict of keyword arguments), pass the layers it cannot follow as ignored_layers/exclude, or "
             "prune unstructured instead"
         ) from exc
-    finally:  # tracing switches the model to eval mode; give the caller back the modes it had
-        for module, mode in modes.items():
-            module.training = mode
 
 
 def find_classifier(model: nn.Module, example_inputs: Any) -> nn.Module | None:
@@ -169,16 +167,12 @@ def find_classifier(model: nn.Module, example_inputs: Any) -> nn.Module | None:
     order: list[nn.Module] = []
     handles = [m.register_forward_hook(lambda mod, *_: order.append(mod))
                for m in model.modules() if isinstance(m, PRODUCERS)]
-    modes = {m: m.training for m in model.modules()}
     try:
-        model.eval()
-        with torch.no_grad():
+        with preserved_modes(model, train=False), torch.no_grad():
             call(model, example_inputs)
     finally:
         for h in handles:
             h.remove()
-        for module, mode in modes.items():
-            module.training = mode
     return order[-1] if order else None
 
 

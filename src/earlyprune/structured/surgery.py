@@ -9,7 +9,7 @@ exactly which indices each parameter kept, then uses that map to
   ones and their per-parameter state (SGD ``momentum_buffer``, Adam/AdamW ``exp_avg``, ``exp_avg_sq``,
   ``max_exp_avg_sq``; scalar ``step`` kept) is sliced along the same dimensions, so the caller's
   optimizer, and an LR scheduler holding it, go on as if the removed channels had never existed;
-* slice the unstructured masks applied to the model (:meth:`earlyprune.Masks.reindex`); other holders of
+* slice the unstructured masks applied to the model (:meth:`earlyprune.masking.MaskBinding.reindex`); other holders of
   per-parameter tensors can do the same with :attr:`ShrinkResult.kept_indices`.
 
 Afterwards the model is plain and natively narrow: no hooks, masks or index operations are left in it,
@@ -27,7 +27,7 @@ import torch_pruning as tp
 from torch import nn
 
 from ..errors import PruningError
-from ..masks import applied_masks
+from ..masking import binding as mask_binding
 from .groups import ChannelGroup, GroupPlan, as_groups, trace
 
 #: ``{parameter name: {dim: kept indices along dim, relative to the parameter before surgery}}``
@@ -104,9 +104,9 @@ def shrink(
     kept_indices = _compose(before, after, record)
     if optimizer is not None:
         _slice_optimizer(optimizer, before, after, kept_indices)
-    masks = applied_masks(model)
-    if masks is not None:
-        masks.reindex(model, kept_indices)
+    bound = mask_binding(model)
+    if bound is not None:
+        bound.reindex(kept_indices)
     return ShrinkResult(kept_indices, params_before, sum(p.numel() for p in after.values()), widths_before,
                         layer_widths(model), kept_channels)
 
