@@ -204,3 +204,14 @@ def test_a_relu_module_used_twice_is_refused_and_a_relu_after_a_concatenation_is
     assert pruner.channel_density() == {}  # the 8-channel ReLU belongs to neither 3- nor 5-channel group
     with pytest.raises(ep.PruningError, match="no activations were measured"):
         pruner.resize(1)
+
+
+def test_building_the_pruner_keeps_every_submodule_in_its_own_mode():
+    torch.manual_seed(0)
+    model = models.create("lenet5", width=0.5)
+    model.train()
+    frozen = [m for m in model.modules() if isinstance(m, nn.ReLU)][0]
+    frozen.eval()  # a submodule the user froze in eval mode inside a training model
+    modes = {name: m.training for name, m in model.named_modules()}
+    ActivationDensityPruner(model, torch.randn(1, 1, 28, 28))
+    assert {name: m.training for name, m in model.named_modules()} == modes

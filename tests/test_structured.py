@@ -653,3 +653,38 @@ def test_structured_early_pruner_prunes_on_the_crop_it_schedule_and_training_goe
     assert pruner.event.params_after < pruner.event.params_before
     assert pruner.event.flops_after < pruner.event.flops_before
     assert {id(p) for p in optimizer.param_groups[0]["params"]} == {id(p) for p in model.parameters()}
+
+
+def test_prune_channels_returns_its_result_and_leaves_nothing_on_the_model():
+    model, x, y = make("resnet_like")
+    attributes = set(vars(model))
+    hooks = (len(model._forward_hooks), len(model._forward_pre_hooks))
+    result = ep.prune_channels(model, "crop", 0.5, data=(x, y))
+    assert set(vars(model)) == attributes and (len(model._forward_hooks), len(model._forward_pre_hooks)) == hooks
+    assert isinstance(result, ep.structured.ChannelPruneResult) and result.model is model
+    assert result.params_after == sum(p.numel() for p in model.parameters()) < result.params_before
+    assert result.info["method"] == "crop" and result.info["schedule"] == [0.5]
+    assert result.widths_after == ep.structured.layer_widths(model)
+
+
+def test_settings_that_do_not_apply_are_errors_not_silent():
+    model, x, y = make("vgg_like")
+    for setting, value in (("scope", "layer"), ("rule", "official"), ("iterations", 3), ("on_collapse", "raise")):
+        with pytest.raises(ep.PruningError, match=f"{setting} does not apply to structured pruning"):
+            ep.prune_channels(model, "snip", 0.5, data=(x, y), **{setting: value})
+    with pytest.raises(ep.PruningError, match="unknown option"):
+        ep.prune_channels(model, "snip", 0.5, data=(x, y), temperature=3.0)
+    with pytest.raises(ep.PruningError, match="use earlyprune.prune_channels"):
+        ep.prune(model, "snip", 0.5, data=(x, y), structured=True)
+    with pytest.raises(ep.PruningError, match="exclude names 'nope'"):
+        ep.prune_channels(model, "snip", 0.5, data=(x, y), exclude=["nope"])
+
+
+def test_prune_channels_scores_in_the_mode_asked():
+    model, x, y = make("vgg_like")
+    groups = channel_groups(model, x[:1])
+    train = channel_importance(model, "snip", [(x, y)], groups)
+    evaluated = channel_importance(model, "snip", [(x, y)], groups, train=False)
+    assert any(not torch.allclose(train[g.index], evaluated[g.index]) for g in groups)
+    result = ep.prune_channels(copy.deepcopy(model), "snip", 0.5, data=(x, y), train=False)
+    assert result.params_after < result.params_before

@@ -67,8 +67,9 @@ def leading_dim(inputs: Any) -> int:
 
 
 def is_batch(data: Any) -> bool:
-    """True for one ``(inputs, targets)`` pair (targets a tensor, inputs not itself such a pair)."""
-    return _is_pair(data) and isinstance(data[1], torch.Tensor) and not _is_pair(data[0])
+    """True for one ``(inputs, targets)`` pair: a pair whose second item is a tensor. (In a list of batches
+    the second item is itself a batch; inputs may be a tuple, e.g. the two arguments of a model.)"""
+    return _is_pair(data) and isinstance(data[1], torch.Tensor)
 
 
 def is_batch_list(data: Any) -> bool:
