@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from .batches import to_device
+from .calling import call_model
 from .model_state import model_device, model_dtype, preserved_modes
 from .distributed import average_across_ranks
 from .errors import PruningError
@@ -315,7 +316,7 @@ def relu_groups(model: nn.Module, plan: GroupPlan, example_inputs: Any) -> dict[
             handles.append(module.register_forward_hook(relu_hook(name)))
     try:
         with preserved_modes(model, train=False), torch.enable_grad():
-            model(example_inputs)
+            call_model(model, example_inputs)
     finally:
         for h in handles:
             h.remove()

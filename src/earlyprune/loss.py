@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Mapping
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .batches import Batch, to_device
+from .calling import predict
 from .errors import PruningError
 from .model_state import model_device, model_dtype
 
@@ -25,13 +27,16 @@ def batch_loss(
     batch: Batch,
     loss_fn: LossFn,
     temperature: float = 1.0,
-    forward: Callable[[Any], torch.Tensor] | None = None,
+    params: Mapping[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Loss of ``model`` on one batch, outputs divided by ``temperature`` (GraSP's T) before the loss."""
+    """Loss of ``model`` on one batch, outputs divided by ``temperature`` (GraSP's T) before the loss.
+
+    The model is called by the library's convention (:mod:`earlyprune.calling`); with ``params`` it runs
+    with those tensors in place of its parameters and buffers (``torch.func.functional_call``)."""
     device, dtype = model_device(model), model_dtype(model)
     inputs = to_device(batch[0], device, dtype)
     targets = batch[1].to(device)
-    outputs = (forward or model)(inputs)
+    outputs = predict(model, inputs, params)
     check_class_targets(outputs, targets)
     if temperature != 1.0:
         outputs = outputs / temperature

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .batches import leading_dim, to_device
+from .calling import call_model
 from .model_state import isolated, model_device, model_dtype
 from .prunable import DEFAULT_PRUNABLE_TYPES
 
@@ -156,7 +157,7 @@ def _flops_per_module(model: nn.Module, example_inputs: Any, input_shape: Sequen
     inputs = to_device(example_inputs, model_device(model), model_dtype(model))
     counter = FlopCounterMode(display=False)
     with isolated(model, train=False), torch.no_grad(), counter:
-        model(inputs)
+        call_model(model, inputs)
     prefix = type(model).__name__
     inclusive: dict[str, int] = {}
     for key, ops in counter.get_flop_counts().items():

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .batches import Batch, as_batches, first_example, is_batch_list, to_device
+from .calling import predict
 from .criteria import Criterion
 from .errors import PruningError
 from .model_state import isolated, model_device, model_dtype
@@ -104,7 +105,7 @@ def _halves(batches: list[Batch]) -> list[Batch]:
 def _num_classes(model: nn.Module, first_batch: Any) -> int:
     """Number of classes = width of the model's output on one example of the data's first batch."""
     with isolated(model, train=False), torch.no_grad():
-        out = model(to_device(first_example(first_batch[0]), model_device(model), model_dtype(model)))
+        out = predict(model, to_device(first_example(first_batch[0]), model_device(model), model_dtype(model)))
     return int(out.shape[-1])
 
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batches import to_device
+from .calling import predict
 from .model_state import model_device, model_dtype, preserved_modes
 from .errors import PruningError
 
@@ -130,7 +131,7 @@ def evaluate(model: nn.Module, loader: Iterable[Any]) -> tuple[float, float]:
     with preserved_modes(model, train=False):
         for inputs, targets in loader:
             inputs, targets = to_device(inputs, device, dtype), targets.to(device)
-            outputs = model(inputs)
+            outputs = predict(model, inputs)
             loss_sum += float(F.cross_entropy(outputs, targets, reduction="sum"))
             correct += int((outputs.argmax(1) == targets).sum())
             count += targets.shape[0]
@@ -174,7 +175,7 @@ def train(
             for inputs, targets in train_loader:
                 inputs, targets = to_device(inputs, device, dtype), targets.to(device)
                 optimizer.zero_grad(set_to_none=True)
-                outputs = model(inputs)
+                outputs = predict(model, inputs)
                 loss = F.cross_entropy(outputs, targets)
                 loss.backward()
                 optimizer.step()

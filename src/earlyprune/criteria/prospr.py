@@ -17,7 +17,6 @@ weights are passed with ``torch.func.functional_call``.
 from __future__ import annotations
 
 import torch
-from torch.func import functional_call
 
 from ..batches import Batch
 from ..errors import PruningError
@@ -62,14 +61,14 @@ def prospr_importance(
             keep[name] = None
     frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
 
-    def forward_with(current: dict[str, torch.Tensor]):
-        return lambda inputs: functional_call(model, {**current, **frozen, **buffers}, (inputs,))
+    def with_weights(current: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {**current, **frozen, **buffers}
 
     def batch_for(k: int) -> Batch:
         return batches[k % len(batches)] if fresh_batches else batches[0]
 
     for k in range(steps):
-        loss = batch_loss(model, batch_for(k), loss_fn, forward=forward_with(weights))
+        loss = batch_loss(model, batch_for(k), loss_fn, params=with_weights(weights))
         names = list(weights)
         grads = torch.autograd.grad(loss, [weights[n] for n in names], create_graph=True, allow_unused=True)
         updated = {}
@@ -82,7 +81,7 @@ def prospr_importance(
             updated[n] = weights[n] - inner_lr * g
         weights = updated
 
-    meta_loss = batch_loss(model, batch_for(steps), loss_fn, forward=forward_with(weights))
+    meta_loss = batch_loss(model, batch_for(steps), loss_fn, params=with_weights(weights))
     names = list(gates)
     meta_grads = torch.autograd.grad(meta_loss, [gates[n] for n in names], allow_unused=True)
     return {

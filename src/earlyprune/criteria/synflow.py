@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch.func import functional_call
 
 from ..batches import Batch, tree_map
+from ..calling import predict
 from ..errors import PruningError
 from ..model_state import model_device, model_dtype
 from .spec import Criterion, Scoring
@@ -61,7 +61,7 @@ def synflow_importance(
         else b
         for name, b in model.named_buffers()
     }
-    output = functional_call(model, {**linear_params, **buffers}, (ones,))
+    output = predict(model, ones, params={**linear_params, **buffers})
     flow = output.sum()
     if not torch.isfinite(flow):
         raise PruningError(

@@ -20,6 +20,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ..calling import call_model, prediction
 from ..errors import PruningError
 from ..model_state import preserved_modes
 
@@ -152,7 +153,10 @@ def trace(model: nn.Module, example_inputs: Any) -> Any:
     try:
         # tracing switches the model to eval mode; every submodule gets its own mode back
         with preserved_modes(model), torch.enable_grad():  # tracing follows autograd's graph
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+            return tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_inputs, forward_fn=call_model, output_transform=prediction,
+                verbose=False,
+            )
     except Exception as exc:  # tracing failures come in many types
         raise PruningError(
             f"structured pruning could not trace the model with torch-pruning ({type(exc).__name__}: {exc}). "
@@ -169,20 +173,11 @@ def find_classifier(model: nn.Module, example_inputs: Any) -> nn.Module | None:
                for m in model.modules() if isinstance(m, PRODUCERS)]
     try:
         with preserved_modes(model, train=False), torch.no_grad():
-            call(model, example_inputs)
+            call_model(model, example_inputs)
     finally:
         for h in handles:
             h.remove()
     return order[-1] if order else None
-
-
-def call(model: nn.Module, inputs: Any) -> Any:
-    """Call ``model`` the way torch-pruning does: a dict as keywords, a tuple/list as positional args."""
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
 
 
 def as_groups(groups: GroupPlan | Sequence[ChannelGroup]) -> list[ChannelGroup]:
