@@ -24,13 +24,15 @@ forward pass. Tied (shared) weights are one parameter and therefore get one mask
 from __future__ import annotations
 
 import weakref
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 from torch import nn
 
 from .errors import PruningError
-from .masks import Masks
+
+if TYPE_CHECKING:  # masks.py applies its masks through this module; nothing here needs it at run time
+    from .masks import Masks
 
 _ATTRIBUTE = "_earlyprune_masking"
 
@@ -40,7 +42,7 @@ class _BindingState:
     last masked, and which parameter objects carry the gradient hook. Copies and unpickled models start
     with empty caches (and so re-mask and re-hook on their first forward pass)."""
 
-    def __init__(self, masks: Masks, hook_id: int):
+    def __init__(self, masks: "Masks", hook_id: int):
         self.masks = masks
         self.hook_id = hook_id
         self._reset()
@@ -136,7 +138,7 @@ class MaskBinding:
         return model
 
     @property
-    def masks(self) -> Masks:
+    def masks(self) -> "Masks":
         """The masks applied to the model."""
         return self._state().masks
 
@@ -214,7 +216,7 @@ class MaskBinding:
         return binding
 
 
-def bind(model: nn.Module, masks: Masks, optimizer: torch.optim.Optimizer | None = None) -> MaskBinding:
+def bind(model: nn.Module, masks: "Masks", optimizer: torch.optim.Optimizer | None = None) -> MaskBinding:
     """Apply ``masks`` to ``model`` (replacing masks applied before) and return the binding."""
     masks.check_against(model)
     unbind(model)
@@ -237,7 +239,7 @@ def unbind(model: nn.Module) -> None:
     model._forward_pre_hooks.pop(state.hook_id, None)
 
 
-def applied_masks(model: nn.Module) -> Masks | None:
+def applied_masks(model: nn.Module) -> "Masks | None":
     """The :class:`Masks` applied to ``model`` (and not removed since), or None."""
     state = model.__dict__.get(_ATTRIBUTE)
     return None if state is None else state.masks
