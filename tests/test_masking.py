@@ -161,3 +161,13 @@ def test_attach_refuses_an_optimizer_of_another_model():
     ep.prune(model, "magnitude", 0.5)
     with pytest.raises(ep.PruningError, match="holds none of the masked parameters"):
         binding(model).attach(torch.optim.SGD(other.parameters(), lr=0.1))
+
+
+def test_masks_of_other_values_than_zero_and_one_are_refused(tmp_path):
+    with pytest.raises(ep.PruningError, match="values other than 0 and 1"):
+        ep.Masks({"w": torch.tensor([0.3, 1.0])})
+    path = tmp_path / "float.pt"
+    torch.save({"format": "earlyprune.masks/1", "masks": {"w": torch.tensor([0.3, 0.7])}, "info": {}}, path)
+    with pytest.raises(ep.PruningError, match="values other than 0 and 1"):
+        ep.Masks.load(path)
+    assert ep.Masks({"w": torch.tensor([0.0, 1.0])})["w"].tolist() == [False, True]

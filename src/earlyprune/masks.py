@@ -50,6 +50,11 @@ class Masks(Mapping[str, torch.Tensor]):
         for name, mask in masks.items():
             if not isinstance(mask, torch.Tensor):
                 raise TypeError(f"mask for {name!r} must be a tensor, got {type(mask).__name__}")
+            if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
+                raise PruningError(
+                    f"mask for {name!r} holds values other than 0 and 1 (a {mask.dtype} tensor of scores or "
+                    "probabilities?): a mask says keep (1/True) or prune (0/False); threshold it first"
+                )
             checked[name] = mask.detach().to(torch.bool)
         self._masks = checked
         #: Free-form record of how the masks were made (method, sparsity, collapsed layers, ...).
