@@ -53,6 +53,16 @@ def preserved_modes(model: nn.Module, train: bool | None = None) -> Iterator[Non
             module.training = mode
 
 
+def math_attention() -> contextlib.AbstractContextManager:
+    """Scaled dot-product attention on the math kernel only (differentiable twice), where torch has the
+    switch; a no-op context otherwise."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3
+        return contextlib.nullcontext()
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 @contextlib.contextmanager
 def isolated(model: nn.Module, train: bool | None = None, seed: int | None = None) -> Iterator[None]:
     """Run the body on ``model`` and restore everything the caller could see afterwards.
@@ -60,13 +70,18 @@ def isolated(model: nn.Module, train: bool | None = None, seed: int | None = Non
     Restores parameter values, buffers, ``.grad`` of every parameter, each submodule's ``training``
     flag and the global RNG state. ``train`` sets the mode used inside (None keeps the current one);
     ``seed``, if given, seeds the RNG inside so scoring is reproducible.
+
+    Attention (``F.scaled_dot_product_attention``, and ``nn.MultiheadAttention`` through it) runs on the
+    math kernel inside: the fused kernels (flash, memory-efficient) have no second derivative, which
+    GraSP, ProsPr and CroP take (``derivative for aten::_scaled_dot_product_flash_attention..._backward is
+    not implemented``). The math kernel computes the same function.
     """
     params = dict(model.named_parameters())
     saved_params = {n: p.detach().clone() for n, p in params.items()}
     saved_grads = {n: (None if p.grad is None else p.grad.detach().clone()) for n, p in params.items()}
     saved_buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
     devices = [d.index for d in {t.device for t in _tensors(model)} if d.type == "cuda"]
-    with torch.random.fork_rng(devices=devices), preserved_modes(model, train):
+    with torch.random.fork_rng(devices=devices), preserved_modes(model, train), math_attention():
         if seed is not None:
             torch.manual_seed(seed)
         try:

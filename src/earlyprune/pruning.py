@@ -18,6 +18,8 @@ from .criteria import Criterion, compute_importance, registered, resolve
 from .distributed import unwrap
 from .errors import PruningError
 from .loss import LossFn
+from .tasks import Task, scoring_loss
+from .tasks import get as get_task
 from .masking import applied_masks
 from .masks import Masks
 from .prunable import NO_PRUNABLE, prunable_parameters
@@ -47,8 +49,10 @@ def score(
     batches: Any = None,
     *,
     exclude: Iterable[str | type[nn.Module]] = (),
+    include: Iterable[str | type[nn.Module]] = (),
     masks: Mapping[str, torch.Tensor] | None = None,
     loss_fn: LossFn | None = None,
+    task: str | Task = "classification",
     seed: int = 0,
     **options: Any,
 ) -> dict[str, torch.Tensor]:
@@ -57,16 +61,18 @@ def score(
     ``method`` is a name from :func:`methods` or a :class:`~earlyprune.criteria.Criterion`. ``batches``
     (one ``(inputs, targets)`` pair or an iterable of them) are used as they are. Scores are taken under
     ``masks``, or under the masks currently applied to ``model``. The model's weights, buffers, modes,
-    gradients and the global RNG are left as they were.
+    gradients and the global RNG are left as they were. The loss scored is the ``task``'s (a name from
+    :func:`earlyprune.tasks.names` or a :class:`~earlyprune.tasks.Task`; ``loss_fn`` overrides it).
     """
     model = unwrap(model)
     _reject_empty(model)
     criterion = resolve(method)
-    params = prunable_parameters(model, exclude=exclude)
+    params = prunable_parameters(model, exclude=exclude, include=include)
     if not params:
         raise PruningError(NO_PRUNABLE)
     masks = _current_masks(model, masks, params)
-    return compute_importance(model, criterion, params, batches, masks=masks, loss_fn=loss_fn, seed=seed, **options)
+    loss = scoring_loss(task, loss_fn)
+    return compute_importance(model, criterion, params, batches, masks=masks, loss_fn=loss, seed=seed, **options)
 
 
 def prune(
@@ -80,9 +86,11 @@ def prune(
     schedule: str | Sequence[float] | None = None,
     rule: str = "topk",
     exclude: Iterable[str | type[nn.Module]] = (),
+    include: Iterable[str | type[nn.Module]] = (),
     on_collapse: str = "warn",
     min_per_layer: int = 1,
     loss_fn: LossFn | None = None,
+    task: str | Task = "classification",
     seed: int = 0,
     num_batches: int = 1,
     samples_per_class: int = 10,
@@ -92,7 +100,9 @@ def prune(
     """Prune ``model``'s weights in place with ``method`` to ``sparsity`` and return the applied :class:`Masks`.
 
     Args:
-        model: any ``nn.Module``; weights of its Linear/Conv layers are pruned (see ``exclude``).
+        model: any ``nn.Module``; prunable by default are the weights of its Linear, Conv1d/2d/3d,
+            LSTM/GRU/RNN (``weight_ih_l*``, ``weight_hh_l*``), MultiheadAttention (input and output
+            projections) and GPT-2 ``Conv1D`` layers; biases, norms and embeddings stay dense.
         method: a name from :func:`methods` (``"snip"``, ``"grasp"``, ``"synflow"``, ``"crop-it"``, ...)
             or a :class:`~earlyprune.criteria.Criterion` of the user's.
         sparsity: fraction of prunable weights removed, in [0, 1). The kept count is exactly
@@ -104,8 +114,20 @@ def prune(
         schedule: ``"exponential"``, ``"crop-it"`` (EarlyCroP's) or an explicit increasing list of
             sparsities ending at ``sparsity``. ``"snip-it"``/``"crop-it"`` methods use ``"crop-it"``.
         rule: ``"topk"`` (exact count) or ``"official"`` (SynFlow repository's ``<=`` threshold rule).
-        on_collapse: what to do with a layer pruned to nothing: ``"warn"``, ``"raise"``, ``"keep_min"``.
+        exclude: module names, parameter names or module types left dense.
+        include: more to prune: module types (``torch.nn.Embedding``, a layer class of your own: its
+            ``weight``), module names or exact parameter names (``"pos_embed"``); ``exclude`` wins. See
+            :func:`earlyprune.prunable.prunable_parameters`.
+        on_collapse: what to do with a layer pruned to nothing (see :mod:`earlyprune.selection`):
+            ``"warn"`` (keep the masks, name the layers in ``info["collapsed"]``, warn), ``"guard"`` (an
+            error when the first or last layer or more than half of the layers are emptied), ``"raise"``
+            (an error for any), ``"keep_min"``, or ``"allow"`` (keep and name them, without a warning).
         min_per_layer: weights each layer keeps with ``on_collapse="keep_min"``.
+        loss_fn: ``loss_fn(outputs, targets)``, the scoring loss; overrides the task's.
+        task: ``"classification"`` (cross-entropy, the default), ``"regression"`` (MSE),
+            ``"language_modelling"`` (next-token cross-entropy) or a :class:`~earlyprune.tasks.Task`: the
+            loss the criteria score with, checked to apply to the model's outputs. GraSP's class-balanced
+            scoring set is drawn only for classification; for other tasks it takes the first batches.
         optimizer: when pruning mid-training, the optimizer whose state must respect the masks.
         **options: the criterion's own options (e.g. ``temperature``, ``steps``, ``double``).
 
@@ -126,11 +148,13 @@ def prune(
                 "schedule=[...] for other rounds, or use the plain criterion with iterations"
             )
         schedule = criterion.schedule if schedule is None else schedule
-    params = prunable_parameters(model, exclude=exclude)
+    params = prunable_parameters(model, exclude=exclude, include=include)
     if not params:
         raise PruningError(NO_PRUNABLE)
     targets = schedule_targets(sparsity, schedule, criterion.iterations if iterations is None else iterations)
-    batches = scoring_batches(model, criterion, data, num_batches, samples_per_class)
+    task = get_task(task)
+    loss = scoring_loss(task, loss_fn)
+    batches = scoring_batches(model, criterion, data, num_batches, samples_per_class, task=task)
 
     existing = applied_masks(model)
     current = {n: m for n, m in existing.items() if n in params} if existing is not None else None
@@ -139,7 +163,7 @@ def prune(
     collapsed: list[str] = []
     for round_index, target in enumerate(targets):
         importance = compute_importance(
-            model, criterion, params, batches, masks=current, loss_fn=loss_fn, seed=seed + round_index, **options
+            model, criterion, params, batches, masks=current, loss_fn=loss, seed=seed + round_index, **options
         )
         flat, collapsed = select(importance, target, scope, current, rule, on_collapse, min_per_layer)
         current = reshape_like(flat, params)
@@ -148,12 +172,21 @@ def prune(
                 param.mul_(current[name])
     elapsed = time.perf_counter() - started
 
-    if collapsed:
+    if collapsed and on_collapse != "allow":
         warnings.warn(collapse_message(collapsed), RuntimeWarning, stacklevel=2)
+    total = sum(m.numel() for m in current.values())
+    achieved = 1.0 - sum(int(m.sum()) for m in current.values()) / total if total else 0.0
+    if abs(achieved - sparsity) > max(SPARSITY_TOLERANCE, 1.0 / max(total, 1)):
+        warnings.warn(f"pruning reached sparsity {achieved:.6g} over the {total} prunable weights, not the "
+                      f"{sparsity} asked for (rule={rule!r} prunes every weight tied at the threshold)",
+                      RuntimeWarning, stacklevel=2)
     info = {
         "method": criterion.name,
         "criterion": criterion.base or criterion.name,
         "sparsity_target": sparsity,
+        "sparsity_achieved": achieved,
+        "task": task.name,
+        "loss": "task" if loss_fn is None else getattr(loss_fn, "__name__", type(loss_fn).__name__),
         "scope": scope,
         "rule": rule,
         "schedule": [float(t) for t in targets],
@@ -165,6 +198,10 @@ def prune(
     masks = Masks(current, info=info)
     masks.apply(model, optimizer=optimizer)
     return masks
+
+
+#: How far the achieved sparsity may be from the target (beyond one weight) before prune warns.
+SPARSITY_TOLERANCE = 1e-3
 
 
 def _reject_empty(model: nn.Module) -> None:
