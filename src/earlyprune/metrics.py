@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .batches import leading_dim, to_device
 from .calling import call_model
 from .model_state import isolated, model_device, model_dtype
-from .prunable import DEFAULT_PRUNABLE_TYPES
+from .prunable import default_weight_names
 
 
 @dataclass
@@ -116,7 +116,8 @@ def report(
     ``input_shape`` (without batch dimension), or the model's ``input_shape`` attribute (the reference
     models have one). Without any of these, FLOPs are reported as ``None``.
     """
-    per_module_flops = _flops_per_module(model, example_inputs, input_shape)
+    counted_flops = _flops_per_module(model, example_inputs, input_shape)
+    total_flops, per_module_flops = counted_flops if counted_flops is not None else (None, None)
     layers: list[LayerReport] = []
     for name, module in model.named_modules():
         own = list(module.parameters(recurse=False))
@@ -127,25 +128,29 @@ def report(
         flops = effective = None
         if per_module_flops is not None:
             flops = per_module_flops.get(name, 0)
-            weight = getattr(module, "weight", None)
-            if isinstance(module, DEFAULT_PRUNABLE_TYPES) and isinstance(weight, torch.Tensor) and weight.numel():
-                effective = round(flops * int(torch.count_nonzero(weight)) / weight.numel())
+            weights = [module._parameters[n] for n in default_weight_names(module)]
+            size = sum(w.numel() for w in weights)
+            if size:
+                effective = round(flops * sum(int(torch.count_nonzero(w)) for w in weights) / size)
             else:
                 effective = flops
         layers.append(LayerReport(name or "(model)", type(module).__name__, params, nonzero, flops, effective))
     unique = {id(p): p for p in model.parameters()}.values()
     total_params = sum(p.numel() for p in unique)
     total_nonzero = sum(int(torch.count_nonzero(p)) for p in unique)
-    total_flops = total_eff = None
+    total_eff = None
     if per_module_flops is not None:
-        total_flops = per_module_flops.get("", 0)
         counted = sum(layer.flops or 0 for layer in layers)
         # FLOPs of modules without parameters (e.g. a matmul in a custom forward) count as dense.
         total_eff = sum(layer.effective_flops or 0 for layer in layers) + max(0, total_flops - counted)
     return Report(total_params, total_nonzero, total_flops, total_eff, layers)
 
 
-def _flops_per_module(model: nn.Module, example_inputs: Any, input_shape: Sequence[int] | None) -> dict[str, int] | None:
+def _flops_per_module(
+    model: nn.Module, example_inputs: Any, input_shape: Sequence[int] | None
+) -> tuple[int, dict[str, int]] | None:
+    """``(total FLOPs, {module name: FLOPs of the module's own ops, children excluded})`` per example; the
+    root's own part is under ``""``."""
     batch = 1
     if example_inputs is None:
         shape = input_shape or getattr(model, "input_shape", None)
@@ -165,13 +170,14 @@ def _flops_per_module(model: nn.Module, example_inputs: Any, input_shape: Sequen
             inclusive[key[len(prefix) + 1:]] = sum(ops.values())
     # The counter's figure for a module includes its children's: keep each module's own part, so that a
     # module with parameters of its own *and* children (a class token beside its blocks, attention with
-    # its projections) is not counted twice.
-    counts: dict[str, int] = {"": counter.get_total_flops() // batch}
+    # its projections) is not counted twice. The root is such a module too (a ViT's cls_token).
+    total = counter.get_total_flops()
+    counts: dict[str, int] = {"": max(0, total - sum(v for k, v in inclusive.items() if "." not in k)) // batch}
     for name in inclusive:
         children = [other for other in inclusive if other.startswith(name + ".") and
                     "." not in other[len(name) + 1:]]
         counts[name] = max(0, inclusive[name] - sum(inclusive[c] for c in children)) // batch
-    return counts
+    return total // batch, counts
 
 
 def _batch_size(example_inputs: Any) -> int:
