@@ -22,6 +22,7 @@ from torch import nn
 
 import earlyprune as ep
 from earlyprune.data import load_dataset
+from earlyprune.masking import binding
 from earlyprune.models.init import TRUNCATED_STD_FACTOR, initialize
 from earlyprune.train import TrainConfig, train
 
@@ -58,7 +59,7 @@ def main() -> None:
         tensorflow_variance_scaling_(model)
     masks = ep.prune(model, "snip", sparsity=args.sparsity, data=train_split.loader(100, shuffle=True, seed=args.seed + 1))
     if "reinit" in parts:  # train a fresh draw of the same initialisation under the mask
-        masks.detach()
+        binding(model).remove()
         tensorflow_variance_scaling_(model) if "tfvs" in parts else initialize(model, "variance_scaling")
         masks.apply(model)
     if "nobias" in parts:  # the official mask prunes every (zero-initialised) bias
