@@ -129,7 +129,8 @@ def prunable_parameters(
         if (included_types and isinstance(module, included_types)) or name in included_names:
             kinds = kinds or _included_weight_names(module)
         weight = module._parameters.get("weight")
-        if isinstance(weight, nn.Parameter) and "weight" not in kinds:
+        if isinstance(weight, nn.Parameter) and "weight" not in kinds and (
+                f"{name}.weight" if name else "weight") not in included_names:
             seen.add(id(weight))
     found: dict[str, nn.Parameter] = {}
     for module_name, module in modules:

@@ -23,6 +23,8 @@ from torch import nn
 from ..calling import call_model, prediction
 from ..errors import PruningError
 from ..model_state import preserved_modes
+from ..prunable import is_conv1d_like
+from .recurrent import RECURRENT, customized_pruners, tracing_hooks, unsupported_reason
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -81,6 +83,9 @@ class GroupPlan:
     graph: Any
     groups: list[ChannelGroup]
     roots: list[tuple[nn.Module, Any]]  # (root module, its out-channel pruning function) per group
+    #: Channels left whole, and why: ``{root layer name: reason}`` (attention width, grouped convolutions,
+    #: tied weights, bidirectional recurrent layers).
+    left_whole: dict[str, str] = field(default_factory=dict)
 
 
 def channel_groups(
@@ -106,8 +111,11 @@ def build_groups(
     if classifier is not None and classifier not in ignored:
         ignored.append(classifier)
     order = {m: i for i, m in enumerate(model.modules())}
-    found = []
-    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRODUCERS):
+    ignored += [m for m in model.modules() if unsupported_reason(m) is not None and m not in ignored]
+    owners = _parameter_owners(model)
+    roots_types = (*PRODUCERS, *RECURRENT, *customized_pruners(model))
+    found, left_whole = [], {}
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=roots_types):
         root_dep = group[0].dep
         producers, members = [], []
         for item in group:
@@ -116,9 +124,13 @@ def build_groups(
                 continue  # functional ops (add, cat, flatten) and unwrapped parameters
             out = graph.is_out_channel_pruning_fn(handler)
             members.append((module, "out" if out else "in", len(item.idxs)))
-            if out and isinstance(module, PRODUCERS):
+            if out and isinstance(module, roots_types):
                 producers.append(module)
         if not producers:
+            continue
+        reason = _unprunable(model, [m for m, _, _ in members], owners, names)
+        if reason is not None:
+            left_whole.setdefault(names[root_dep.target.module], reason)
             continue
         # torch-pruning's traversal order can follow object addresses; sort everything by model order so
         # group indices (and so random scores and tie-breaking) are the same in every process.
@@ -141,22 +153,59 @@ def build_groups(
         ))
         roots.append((root, root_dep.handler))
     if not groups:
+        why = "".join(f"; {name}: {reason}" for name, reason in left_whole.items())
         raise PruningError(
-            "the model has no prunable channel groups: no Conv/Linear outputs besides the classifier's "
-            "(or every group is tied to an ignored layer)"
+            "the model has no prunable channel groups: no Conv/Linear/LSTM/GRU/RNN outputs besides the "
+            f"classifier's (or every group is tied to an ignored layer){why}"
         )
-    return GroupPlan(graph, groups, roots)
+    return GroupPlan(graph, groups, roots, left_whole)
+
+
+def _parameter_owners(model: nn.Module) -> dict[int, list[str]]:
+    owners: dict[int, list[str]] = {}
+    for name, module in model.named_modules():
+        for p in module._parameters.values():
+            if p is not None:
+                owners.setdefault(id(p), []).append(name)
+    return owners
+
+
+def _unprunable(model: nn.Module, modules: list[nn.Module], owners: dict[int, list[str]],
+                names: dict[nn.Module, str]) -> str | None:
+    """Why a group touching ``modules`` is left whole, or None when its channels can be removed."""
+    attention = {names[m] for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    for module in modules:
+        name = names[module]
+        if isinstance(module, nn.MultiheadAttention) or any(name.startswith(a + ".") for a in attention):
+            return (f"its channels are the embed_dim of MultiheadAttention {name.rsplit('.out_proj', 1)[0]!r} "
+                    "(the model width; nn.MultiheadAttention's heads and width are not pruned)")
+        if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and not (
+                module.groups == module.in_channels == module.out_channels):
+            return (f"{name!r} is a grouped convolution (groups={module.groups}); only plain and depthwise "
+                    "convolutions are pruned by channel")
+        reason = unsupported_reason(module)
+        if reason is not None:
+            return f"{name!r}: {reason}"
+        for p in module._parameters.values():
+            if p is not None and len(owners.get(id(p), ())) > 1:
+                return f"{name!r} shares a parameter with {[o for o in owners[id(p)] if o != name]} (tied weights)"
+    return None
 
 
 def trace(model: nn.Module, example_inputs: Any) -> Any:
     """torch-pruning's dependency graph of ``model``; every submodule's train/eval mode is kept."""
     try:
         # tracing switches the model to eval mode; every submodule gets its own mode back
-        with preserved_modes(model), torch.enable_grad():  # tracing follows autograd's graph
-            return tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_inputs, forward_fn=call_model, output_transform=prediction,
-                verbose=False,
-            )
+        handles = tracing_hooks(model)
+        try:
+            with preserved_modes(model), torch.enable_grad():  # tracing follows autograd's graph
+                return tp.DependencyGraph().build_dependency(
+                    model, example_inputs=example_inputs, forward_fn=call_model, output_transform=prediction,
+                    verbose=False, customized_pruners=customized_pruners(model),
+                )
+        finally:
+            for handle in handles:
+                handle.remove()
     except Exception as exc:  # tracing failures come in many types
         raise PruningError(
             f"structured pruning could not trace the model with torch-pruning ({type(exc).__name__}: {exc}). "
@@ -198,7 +247,13 @@ def _resolve_layers(model: nn.Module, layers: Iterable[nn.Module | str]) -> list
 
 
 def _out_channels(module: nn.Module) -> int:
-    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if isinstance(module, RECURRENT):
+        return module.hidden_size
+    if is_conv1d_like(module):
+        return module.weight.shape[1]
+    return module.out_channels
 
 
 def _gate_point(graph: Any, producer: nn.Module) -> nn.Module:

@@ -28,7 +28,9 @@ from torch import nn
 
 from ..errors import PruningError
 from ..masking import binding as mask_binding
+from ..prunable import is_conv1d_like
 from .groups import ChannelGroup, GroupPlan, as_groups, trace
+from .recurrent import RECURRENT
 
 #: ``{parameter name: {dim: kept indices along dim, relative to the parameter before surgery}}``
 KeptIndices = dict[str, dict[int, torch.Tensor]]
@@ -112,13 +114,17 @@ def shrink(
 
 
 def layer_widths(model: nn.Module) -> dict[str, int]:
-    """Output width of every Linear/Conv layer."""
+    """Output width of every Linear/Conv layer (hidden size of LSTM/GRU/RNN, outputs of GPT-2's Conv1D)."""
     widths = {}
     for name, m in model.named_modules():
         if isinstance(m, nn.Linear):
             widths[name] = m.out_features
         elif isinstance(m, nn.modules.conv._ConvNd):
             widths[name] = m.out_channels
+        elif isinstance(m, RECURRENT):
+            widths[name] = m.hidden_size
+        elif is_conv1d_like(m):
+            widths[name] = m.weight.shape[1]
     return widths
 
 
