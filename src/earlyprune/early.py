@@ -27,6 +27,7 @@ from .pruning import prune
 from .structured import prune_channels
 from .triggers import DEFAULT_RELATIVE_THRESHOLD, WeightDistance, WeightDistanceTrigger
 from .selection import check_sparsity
+from .tasks import get as get_task
 
 
 @dataclass
@@ -66,6 +67,8 @@ class EarlyPruner:
         schedule: pruning schedule, unstructured and structured alike: default EarlyCroP's (``"crop-it"``:
             k_i = s − (s − 0.5)·0.5^i, then s, rescoring the masked or shrunk model each round);
             ``"exponential"`` for one shot (or ``iterations`` rounds of d^(i/n), unstructured only).
+        task: the task whose loss the criterion scores with (``"classification"``, ``"regression"``,
+            ``"language_modelling"`` or a :class:`~earlyprune.tasks.Task`; ``loss_fn=`` overrides it).
         **prune_options: passed to :func:`earlyprune.prune` (scope, loss_fn, criterion options, ...) or, with
             ``structured=True``, to :func:`earlyprune.prune_channels`.
     """
@@ -83,6 +86,7 @@ class EarlyPruner:
         cap_epoch: int | None = None,
         relative_threshold: float = DEFAULT_RELATIVE_THRESHOLD,
         schedule: Any = "crop-it",
+        task: Any = "classification",
         **prune_options: Any,
     ):
         self.sparsity = check_sparsity(sparsity)
@@ -99,6 +103,7 @@ class EarlyPruner:
         self.optimizer = optimizer
         self.at_epoch = at_epoch
         self.schedule = schedule
+        self.task = get_task(task)  # an unknown task is refused now too
         self.prune_options = prune_options
         self.trigger = WeightDistanceTrigger(relative_threshold=relative_threshold, cap_epoch=cap_epoch)
         self.distance = WeightDistance(prunable_parameters(model))
@@ -134,8 +139,12 @@ class EarlyPruner:
         before = report(self.model, example_inputs=example)
         start = time.perf_counter()
         call = prune_channels if self.structured else prune
+        options = dict(self.prune_options)
+        if not self.structured:
+            # Mid-training, weights that all score 0 (a network gone dead) warn instead of ending the run.
+            options.setdefault("on_zero_scores", "warn")
         self.result = call(self.model, self.method, self.sparsity, self.data, optimizer=self.optimizer,
-                           schedule=self.schedule, **self.prune_options)
+                           schedule=self.schedule, task=self.task, **options)
         seconds = time.perf_counter() - start
         after = report(self.model, example_inputs=example)
         self.event = PruneEvent(

@@ -89,6 +89,7 @@ def prune(
     include: Iterable[str | type[nn.Module]] = (),
     on_collapse: str = "warn",
     min_per_layer: int = 1,
+    on_zero_scores: str = "raise",
     loss_fn: LossFn | None = None,
     task: str | Task = "classification",
     seed: int = 0,
@@ -123,6 +124,9 @@ def prune(
             error when the first or last layer or more than half of the layers are emptied), ``"raise"``
             (an error for any), ``"keep_min"``, or ``"allow"`` (keep and name them, without a warning).
         min_per_layer: weights each layer keeps with ``on_collapse="keep_min"``.
+        on_zero_scores: importance 0 for every unpruned weight (the loss does not depend on them) is an
+            error (``"raise"``), or with ``"warn"`` a warning and a selection by position
+            (:class:`~earlyprune.EarlyPruner` warns: mid-training, a network gone dead must not end the run).
         loss_fn: ``loss_fn(outputs, targets)``, the scoring loss; overrides the task's.
         task: ``"classification"`` (cross-entropy, the default), ``"regression"`` (MSE),
             ``"language_modelling"`` (next-token cross-entropy) or a :class:`~earlyprune.tasks.Task`: the
@@ -165,7 +169,8 @@ def prune(
         importance = compute_importance(
             model, criterion, params, batches, masks=current, loss_fn=loss, seed=seed + round_index, **options
         )
-        flat, collapsed = select(importance, target, scope, current, rule, on_collapse, min_per_layer)
+        flat, collapsed = select(importance, target, scope, current, rule, on_collapse, min_per_layer,
+                                 on_zero_scores=on_zero_scores)
         current = reshape_like(flat, params)
         with torch.no_grad():
             for name, param in params.items():
@@ -178,7 +183,8 @@ def prune(
     achieved = 1.0 - sum(int(m.sum()) for m in current.values()) / total if total else 0.0
     if abs(achieved - sparsity) > max(SPARSITY_TOLERANCE, 1.0 / max(total, 1)):
         warnings.warn(f"pruning reached sparsity {achieved:.6g} over the {total} prunable weights, not the "
-                      f"{sparsity} asked for (rule={rule!r} prunes every weight tied at the threshold)",
+                      f"{sparsity} asked for" + (" (the official rule prunes every weight tied at the threshold)"
+                                                  if rule == "official" else ""),
                       RuntimeWarning, stacklevel=2)
     info = {
         "method": criterion.name,

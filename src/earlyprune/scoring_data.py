@@ -3,7 +3,8 @@
 Batches given directly (one ``(inputs, targets)`` pair or a list of them) are used as they are. From a
 loader (any other iterable of batches) ``prune`` takes the first ``num_batches`` batches, or, for
 criteria whose paper scores on a class-balanced set (GraSP: 10 samples per class), draws exactly
-``samples_per_class`` examples of each class by walking the loader.
+``samples_per_class`` examples of each class by walking the loader (classification only: for a task
+without classes it takes the first batches).
 """
 
 from __future__ import annotations
@@ -19,16 +20,20 @@ from .calling import predict
 from .criteria import Criterion
 from .errors import PruningError
 from .model_state import isolated, model_device, model_dtype
+from .tasks import get as get_task
 
 
 def scoring_batches(
-    model: nn.Module, criterion: Criterion, data: Any, num_batches: int = 1, samples_per_class: int = 10
+    model: nn.Module, criterion: Criterion, data: Any, num_batches: int = 1, samples_per_class: int = 10,
+    task: Any = None,
 ) -> list[Batch] | None:
     """The batches ``criterion`` scores ``model`` on, from ``data`` as given to ``earlyprune.prune``.
 
     None without data (an error if the criterion needs data); batches given directly as they are; from a
-    loader the first ``num_batches``, or for a class-balanced criterion (GraSP) ``samples_per_class``
-    examples of each class, split in two halves as GraSP's official code scores them.
+    loader the first ``num_batches``, or for a class-balanced criterion (GraSP) on a task whose targets
+    are classes (``task``, default classification) ``samples_per_class`` examples of each class, split in
+    two halves as GraSP's official code scores them. For other tasks (regression, language modelling)
+    there are no classes to balance: a class-balanced criterion then takes the first ``num_batches``.
     """
     if data is None:
         if criterion.needs_data:
@@ -38,7 +43,7 @@ def scoring_batches(
         return None
     if is_batch_list(data):
         return as_batches(data)
-    if criterion.data == "class_balanced":
+    if criterion.data == "class_balanced" and get_task(task).class_targets:
         first, data = _peek(data)
         return _halves(class_balanced(data, samples_per_class, _num_classes(model, first)))
     return first_batches(data, num_batches)

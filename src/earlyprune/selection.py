@@ -10,12 +10,29 @@ Two selection rules:
   at the threshold it prunes more than asked; use it to reproduce published numbers exactly.
 
 Weights already pruned (``current`` masks) stay pruned: their importance is treated as −∞.
+
+Degenerate results are loud, here for every caller: NaN or infinite importance is an error, and so is an
+importance that is 0 for every weight still unpruned (the loss does not depend on the weights, e.g.
+cross-entropy on a model with one output, which is identically 0), unless a layer is already pruned to
+nothing, which cuts the network and zeroes every score behind the cut (the collapse policy decided on
+that). What a layer pruned to nothing leads to is the ``on_collapse`` policy:
+
+* ``"warn"`` (the default of :func:`earlyprune.prune`): the masks are kept, the layers named in
+  ``masks.info["collapsed"]`` and a ``RuntimeWarning``;
+* ``"guard"``: an error (:class:`LayerCollapseError`) when the collapse cuts off the first or the last
+  prunable layer (in the model's registration order: normally the input and the output layer) or empties
+  more than half of the layers; any other collapse as ``"warn"``;
+* ``"raise"``: an error for any collapse;
+* ``"keep_min"``: every layer keeps its ``min_per_layer`` most important weights (the total stays exact);
+* ``"allow"``: the masks are kept and the layers named, without a warning (to reproduce a published
+  baseline's collapse, e.g. magnitude pruning at extreme sparsity, as SynFlow's paper shows it).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,7 +42,8 @@ from .errors import LayerCollapseError, PruningError
 
 SCOPES = ("global", "layer")
 RULES = ("topk", "official")
-COLLAPSE_POLICIES = ("warn", "raise", "keep_min")
+COLLAPSE_POLICIES = ("warn", "guard", "raise", "keep_min", "allow")
+ZERO_SCORE_POLICIES = ("raise", "warn")
 
 
 def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
@@ -69,14 +87,18 @@ def select(
     rule: str = "topk",
     on_collapse: str = "warn",
     min_per_layer: int = 1,
+    on_zero_scores: str = "raise",
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Masks (True = keep) that prune a fraction ``sparsity`` of all weights in ``importance``.
 
     Returns ``(masks, collapsed)`` where ``collapsed`` names the layers left with no weight; reporting
-    them is the caller's job (see :func:`collapse_message`). ``on_collapse``: ``"warn"`` (report),
-    ``"raise"``
-    (:class:`LayerCollapseError`) or ``"keep_min"`` (each layer keeps at least ``min_per_layer`` of its
-    most important weights; the total stays exact, the least important weights elsewhere give way).
+    them is the caller's job (see :func:`collapse_message`). ``on_collapse`` (see the module docstring):
+    ``"warn"``/``"allow"`` (return them), ``"guard"`` (:class:`LayerCollapseError` when the first or last
+    layer or more than half of the layers are emptied), ``"raise"`` (:class:`LayerCollapseError` for any)
+    or ``"keep_min"`` (each layer keeps at least ``min_per_layer`` of its most important weights; the
+    total stays exact, the least important weights elsewhere give way). Scores that are 0 for every
+    unpruned weight are an error (:func:`check_not_all_zero`), or with ``on_zero_scores="warn"`` a
+    ``RuntimeWarning`` and the selection by position that ties get.
     """
     sparsity = check_sparsity(sparsity)
     if scope not in SCOPES:
@@ -95,6 +117,9 @@ def select(
     check_importance(importance, {n: s.shape for n, s in importance.items()})
     names = list(importance)
     scores = {n: _masked_scores(importance[n], None if current is None else current.get(n)) for n in names}
+    if on_zero_scores not in ZERO_SCORE_POLICIES:
+        raise PruningError(f"on_zero_scores must be one of {ZERO_SCORE_POLICIES}, got {on_zero_scores!r}")
+    check_not_all_zero(scores, warn=on_zero_scores == "warn")
 
     guard = min_per_layer if on_collapse == "keep_min" else 0
     if scope == "global":
@@ -107,15 +132,53 @@ def select(
     collapsed = [n for n in names if masks[n].numel() and not bool(masks[n].any())]
     if collapsed and on_collapse == "raise":
         raise LayerCollapseError(collapse_message(collapsed))
+    if collapsed and on_collapse == "guard":
+        cut = cuts_the_network(names, collapsed)
+        if cut:
+            raise LayerCollapseError(f"{cut}. " + collapse_message(collapsed, guard=True))
     return masks, collapsed
 
 
-def collapse_message(collapsed: Sequence[str]) -> str:
+def cuts_the_network(names: Sequence[str], collapsed: Sequence[str]) -> str:
+    """Why the collapse of ``collapsed`` among the layers ``names`` (in order) is degenerate for the
+    ``"guard"`` policy: the first or last layer emptied, or more than half of them; '' otherwise."""
+    reasons = []
+    if names and names[0] in collapsed:
+        reasons.append(f"the first prunable layer {names[0]} (the input layer) is pruned to nothing")
+    if len(names) > 1 and names[-1] in collapsed:
+        reasons.append(f"the last prunable layer {names[-1]} (the output layer) is pruned to nothing")
+    if 2 * len(collapsed) > len(names):
+        reasons.append(f"{len(collapsed)} of the {len(names)} layers are pruned to nothing")
+    return "; ".join(reasons)
+
+
+def check_not_all_zero(scores: Mapping[str, torch.Tensor], warn: bool = False) -> None:
+    """Raise (``warn=True``: warn) when every still-unpruned weight scores exactly 0 (``scores``: flat
+    float64, pruned weights −∞), unless a layer is already pruned to nothing (the cut itself zeroes the
+    scores behind it)."""
+    alive = [score[score > -math.inf] for score in scores.values()]
+    if any(score.numel() and not bool((score > -math.inf).any()) for score in scores.values()):
+        return  # a layer collapsed in an earlier round: the collapse policy has decided on that
+    if not any(a.numel() for a in alive) or any(bool((a != 0).any()) for a in alive):
+        return
+    message = ("the criterion scored every weight 0: the loss does not depend on these weights, so the "
+               "selection would be arbitrary (check the task/loss: cross-entropy on one output is always 0; pass "
+               "task='regression' for a model that predicts a number, or a loss_fn that fits the model; a "
+               "network whose units are all dead gives no gradient either)")
+    if warn:
+        warnings.warn(message + "; the weights are selected by position", RuntimeWarning, stacklevel=3)
+        return
+    raise PruningError(message)
+
+
+def collapse_message(collapsed: Sequence[str], guard: bool = False) -> str:
     """What to tell the user about layers pruned to nothing, and what to do about it."""
+    keep = ("; on_collapse='warn' or 'allow' keeps such masks (e.g. to reproduce a published baseline's "
+            "collapse)") if guard else ""
     return (
         f"layer collapse: {len(collapsed)} layer(s) pruned to nothing, which cuts the network: "
         f"{', '.join(collapsed)}. Pass on_collapse='keep_min' to keep a minimum per layer, "
-        "on_collapse='raise' to stop, scope='layer', or a lower sparsity"
+        f"on_collapse='raise' to stop, scope='layer', or a lower sparsity{keep}"
     )
 
 

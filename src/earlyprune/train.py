@@ -1,8 +1,9 @@
 """One plain, fast training loop: SGD/Adam, the papers' step schedules, cosine and one-cycle, evaluation
 every epoch, wall time and peak memory, progress bars that stay quiet when not on a terminal.
 
-It works with any model and any iterable of ``(inputs, targets)`` batches, and takes an optional
-``on_epoch_end`` callback through which early pruning (:class:`earlyprune.EarlyPruner`) and
+It works with any model and any iterable of ``(inputs, targets)`` batches, takes its loss and metric from
+the task (:mod:`earlyprune.tasks`: classification with accuracy by default, regression with RMSE and R²,
+language modelling with perplexity), and takes an optional ``on_epoch_end`` callback through which early pruning (:class:`earlyprune.EarlyPruner`) and
 activation-density resizing act between epochs.
 """
 
@@ -16,13 +17,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .batches import to_device
 from .calling import predict
 from .model_state import model_device, model_dtype, preserved_modes
 from .errors import PruningError
+from .tasks import Task
+from .tasks import get as get_task
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("step", "cosine", "onecycle", "constant")
@@ -60,13 +62,22 @@ class TrainConfig:
 
 @dataclass
 class EpochRecord:
+    """One epoch: losses and the task's main metric (``metric_name``) on the training batches (as trained,
+    in training mode) and on the test set; ``test_metrics`` holds every metric of the test set (RMSE and
+    R² for regression). ``train_accuracy``/``test_accuracy`` are the accuracy for classification, None
+    for other tasks."""
+
     epoch: int
     train_loss: float
-    train_accuracy: float
+    train_accuracy: float | None
     test_loss: float | None
     test_accuracy: float | None
     lr: float
     seconds: float
+    metric_name: str = "accuracy"
+    train_metric: float | None = None
+    test_metric: float | None = None
+    test_metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,6 +85,9 @@ class TrainResult:
     history: list[EpochRecord] = field(default_factory=list)
     seconds: float = 0.0
     peak_memory_mb: float = 0.0
+    task: str = "classification"
+    metric_name: str = "accuracy"
+    higher_is_better: bool = True
 
     @property
     def final_accuracy(self) -> float | None:
@@ -84,6 +98,20 @@ class TrainResult:
         values = [r.test_accuracy for r in self.history if r.test_accuracy is not None]
         return max(values) if values else None
 
+    @property
+    def final_metric(self) -> float | None:
+        """The task's main metric on the test set after the last epoch."""
+        return self.history[-1].test_metric if self.history else None
+
+    @property
+    def best_metric(self) -> float | None:
+        """The best test value of the task's main metric over the epochs (highest accuracy, lowest RMSE or
+        perplexity)."""
+        values = [r.test_metric for r in self.history if r.test_metric is not None and r.test_metric == r.test_metric]
+        if not values:
+            return None
+        return max(values) if self.higher_is_better else min(values)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "history": [asdict(r) for r in self.history],
@@ -91,6 +119,10 @@ class TrainResult:
             "peak_memory_mb": self.peak_memory_mb,
             "final_accuracy": self.final_accuracy,
             "best_accuracy": self.best_accuracy,
+            "task": self.task,
+            "metric_name": self.metric_name,
+            "final_metric": self.final_metric,
+            "best_metric": self.best_metric,
         }
 
 
@@ -122,22 +154,40 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
+def evaluate(model: nn.Module, loader: Iterable[Any], task: str | Task = "classification") -> tuple[float, float]:
+    """Mean loss and the task's main metric of ``model`` over ``loader``: cross-entropy and accuracy for
+    classification (the default), MSE and RMSE for regression, cross-entropy per token and perplexity for
+    language modelling. In eval mode, every submodule's own mode restored after."""
+    task = get_task(task)
+    metrics = evaluate_metrics(model, loader, task)
+    return metrics["loss"], metrics[task.metric]
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable[Any]) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` over ``loader`` (in eval mode, every submodule's own
-    mode restored after)."""
+def evaluate_metrics(model: nn.Module, loader: Iterable[Any], task: str | Task = "classification") -> dict[str, float]:
+    """Every metric of ``task`` for ``model`` over ``loader`` (``{"loss": ..., "accuracy": ...}``,
+    ``{"loss", "rmse", "r2"}``, ``{"loss", "perplexity", "token_accuracy"}``), in eval mode."""
+    task = _supervised(task)
     device, dtype = model_device(model), model_dtype(model)
-    loss_sum, correct, count = 0.0, 0, 0
+    meter = task.meter()
     with preserved_modes(model, train=False):
         for inputs, targets in loader:
             inputs, targets = to_device(inputs, device, dtype), targets.to(device)
             outputs = predict(model, inputs)
-            loss_sum += float(F.cross_entropy(outputs, targets, reduction="sum"))
-            correct += int((outputs.argmax(1) == targets).sum())
-            count += targets.shape[0]
-    if count == 0:
+            if not meter.count:
+                task.check(outputs, targets)
+            meter.update(outputs, targets)
+    if meter.count == 0:
         raise PruningError("the evaluation data is empty")
-    return loss_sum / count, correct / count
+    return meter.result()
+
+
+def _supervised(task: str | Task) -> Task:
+    task = get_task(task)
+    if not task.supervised:
+        raise PruningError(f"task {task.name!r} is not supervised (its loss comes from transitions): the training "
+                           "loop and evaluation of earlyprune.train do not apply; an agent brings its own loop")
+    return task
 
 
 EpochCallback = Callable[[int, nn.Module, torch.optim.Optimizer], Any]
@@ -151,6 +201,7 @@ def train(
     optimizer: torch.optim.Optimizer | None = None,
     on_epoch_end: EpochCallback | None = None,
     description: str = "train",
+    task: str | Task = "classification",
 ) -> TrainResult:
     """Train ``model`` in place for ``config.epochs`` epochs and evaluate after each.
 
@@ -158,51 +209,63 @@ def train(
     evaluation, so a prune it makes is reflected in that epoch's accuracy. It may change the model in
     place (masks, or physical surgery that slices the optimizer's state in place); if it returns a
     module, training goes on with that one (e.g. a DDP wrapper rebuilt around a shrunk model).
+
+    The loss minimised and the metric recorded are the ``task``'s (a name or a
+    :class:`~earlyprune.tasks.Task`): each :class:`EpochRecord` holds its main metric as ``train_metric``
+    and ``test_metric`` (and the accuracy as ``train_accuracy``/``test_accuracy`` for classification).
     """
+    task = _supervised(task)
+    classification = task.metric == "accuracy"
     optimizer = optimizer or make_optimizer(model, config)
     steps_per_epoch = _length(train_loader)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch or 1)
-    result = TrainResult()
+    result = TrainResult(task=task.name, metric_name=task.metric, higher_is_better=task.higher_is_better)
     device, dtype = model_device(model), model_dtype(model)
     progress = _progress(config.progress, config.epochs * (steps_per_epoch or 0), description)
     started = time.perf_counter()
     reset_peak_memory(device)
+    checked = False
     try:
         for epoch in range(1, config.epochs + 1):
             epoch_start = time.perf_counter()
             model.train()
-            loss_sum, correct, count = 0.0, 0, 0
+            meter = task.meter()
             for inputs, targets in train_loader:
                 inputs, targets = to_device(inputs, device, dtype), targets.to(device)
                 optimizer.zero_grad(set_to_none=True)
                 outputs = predict(model, inputs)
-                loss = F.cross_entropy(outputs, targets)
+                if not checked:  # the task's loss must apply (checked once: the checks synchronise a GPU)
+                    task.check(outputs, targets)
+                    checked = True
+                loss = task.loss(outputs, targets)
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
                 with torch.no_grad():
-                    loss_sum += float(loss) * targets.shape[0]
-                    correct += int((outputs.argmax(1) == targets).sum())
-                    count += targets.shape[0]
+                    meter.update(outputs.detach(), targets)
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(epoch=epoch, loss=f"{float(loss):.3f}", refresh=False)
-            if count == 0:
+            if meter.count == 0:
                 raise PruningError("the training data is empty")
-            if not math.isfinite(loss_sum):
+            trained = meter.result()
+            if not math.isfinite(trained["loss"]):
                 raise PruningError(
-                    f"training diverged at epoch {epoch} (loss {loss_sum / count}); lower the learning rate"
+                    f"training diverged at epoch {epoch} (loss {trained['loss']}); lower the learning rate"
                 )
             if on_epoch_end is not None:
                 replacement = on_epoch_end(epoch, model, optimizer)
                 if isinstance(replacement, nn.Module):
                     model = replacement
-            test_loss = test_acc = None
+            tested: dict[str, float] = {}
             if test_loader is not None:
-                test_loss, test_acc = evaluate(model, test_loader)
+                tested = evaluate_metrics(model, test_loader, task)
+            train_metric, test_metric = trained[task.metric], tested.get(task.metric)
             result.history.append(
-                EpochRecord(epoch, loss_sum / count, correct / count, test_loss, test_acc,
-                            optimizer.param_groups[0]["lr"], time.perf_counter() - epoch_start)
+                EpochRecord(epoch, trained["loss"], train_metric if classification else None, tested.get("loss"),
+                            test_metric if classification else None, optimizer.param_groups[0]["lr"],
+                            time.perf_counter() - epoch_start, metric_name=task.metric,
+                            train_metric=train_metric, test_metric=test_metric, test_metrics=tested)
             )
     finally:
         if progress is not None:

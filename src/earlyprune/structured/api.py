@@ -18,6 +18,8 @@ from ..model_state import model_device, model_dtype
 from ..schedules import schedule_targets
 from ..scoring_data import scoring_batches
 from ..selection import check_sparsity
+from ..tasks import get as get_task
+from ..tasks import scoring_loss
 from .groups import build_groups
 from .importance import channel_importance
 from .selection import select_channels
@@ -87,6 +89,7 @@ def prune_channels(
     schedule: Any = None,
     optimizer: torch.optim.Optimizer | None = None,
     loss_fn: Callable | None = None,
+    task: Any = "classification",
     seed: int = 0,
     num_batches: int = 1,
     exclude: Iterable[Any] = (),
@@ -115,6 +118,8 @@ def prune_channels(
         min_fraction: each group keeps at least this fraction of its channels (and at least one).
         channel_multiple: round every kept width up to a multiple of it (faster kernels).
         train: score in training (True) or eval (False) mode; default the criterion's.
+        loss_fn, task: the scoring loss: the task's (a name from :func:`earlyprune.tasks.names` or a
+            :class:`~earlyprune.tasks.Task`, default classification) unless ``loss_fn`` overrides it.
         **options: the criterion's own options.
 
     Returns a :class:`ChannelPruneResult`; nothing of it is left on the model, which is plain and natively
@@ -131,7 +136,9 @@ def prune_channels(
         )
     criterion.check_options(options)
     targets = schedule_targets(sparsity, criterion.schedule if schedule is None else schedule)
-    batches = scoring_batches(model, criterion, data, num_batches)
+    task = get_task(task)
+    loss_fn = scoring_loss(task, loss_fn)
+    batches = scoring_batches(model, criterion, data, num_batches, task=task)
     example_inputs = _example_inputs(model, batches, example_inputs)
     ignored = _ignored_modules(model, exclude)
     started = time.perf_counter()
