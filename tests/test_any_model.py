@@ -315,6 +315,7 @@ def test_transformer_mlp_units_are_removed_with_gates_on_the_last_dim():
         model = TransformerClassifier()
         result = ep.prune_channels(model, method, 0.5, data=(x, y))
         assert result.widths_after["encoder.layers.1.linear1"] < 32
+        assert any("MultiheadAttention" in why for why in result.info["left_whole"].values())
         assert model(x).shape == (12, 3)
 
 

@@ -44,7 +44,8 @@ class ChannelPruneResult:
     ``kept_indices`` maps each parameter whose shape changed to ``{dim: kept indices}`` relative to the
     parameter before pruning (slice any per-parameter tensor with :meth:`slice`); ``kept_channels`` the
     kept channels of each group of the first trace; parameter counts and the output width of every
-    Conv/Linear layer before and after; ``info`` how it was made (method, targets, seed, seconds).
+    Conv/Linear/recurrent layer before and after; ``info`` how it was made (method, targets, seed, seconds,
+    and ``left_whole``: the layers whose channels could not be removed, with the reason).
     """
 
     model: nn.Module
@@ -144,8 +145,10 @@ def prune_channels(
     started = time.perf_counter()
     combined: ShrinkResult | None = None
     original_total = None
+    left_whole: dict[str, str] = {}
     for round_index, target in enumerate(targets):
         plan = build_groups(model, example_inputs, ignored_layers=ignored)
+        left_whole.update(plan.left_whole)
         current_total = sum(g.size for g in plan.groups)
         if original_total is None:
             original_total = current_total
@@ -167,6 +170,8 @@ def prune_channels(
         "schedule": [float(t) for t in targets],
         "seed": seed,
         "channels_before": original_total,
+        # channels that could not be removed, by root layer, and why (attention width, grouped convs, ties)
+        "left_whole": left_whole,
         "scoring_seconds": time.perf_counter() - started,
         "options": dict(options),
     }
