@@ -10,7 +10,13 @@ so the scheme matters as much as the method (see DESIGN.md: SNIP on LeNet-5-Caff
   Conv and Linear weight, biases zero, BatchNorm weight 1 and bias 0. This is ``nn.init.kaiming_normal_``
   with its defaults, as the SynFlow code applies it to VGG and ResNets; the GraSP code draws its convs
   the same way (its generic helper uses fan-out mode and N(0, 0.01) for the classifier instead).
+* ``"gpt2"``: GPT-2's (Radford et al. 2019, as nanoGPT applies it; BERT's too): N(0, 0.02^2) for every
+  Linear, Conv and Embedding weight (an Embedding's padding row zero), biases zero, LayerNorm weight 1
+  and bias 0; the transformer models use it. (GPT-2's extra 1/sqrt(2 * layers) on residual projections
+  is not applied.)
 * ``"default"``: PyTorch's own initialisation (each module's ``reset_parameters``), for comparison.
+
+Embeddings keep PyTorch's initialisation under every scheme but ``"gpt2"``, recurrent layers (LSTM) under all.
 
 ``fan_in`` is ``in_features`` for a Linear layer and ``in_channels / groups * kernel area`` for a conv.
 """
@@ -22,7 +28,8 @@ import math
 import torch
 from torch import nn
 
-SCHEMES: tuple[str, ...] = ("kaiming", "variance_scaling", "default")
+SCHEMES: tuple[str, ...] = ("kaiming", "variance_scaling", "default", "gpt2")
+GPT2_STD = 0.02
 
 # A normal truncated at +-2 sigma keeps sigma * TRUNCATED_STD_FACTOR as its standard deviation:
 # sqrt(1 - 2 * 2 * phi(2) / (2 * Phi(2) - 1)) with phi, Phi the standard normal pdf and cdf.
@@ -46,6 +53,8 @@ def variance_scaling_(weight: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
 def _init_weighted(module: nn.Module, scheme: str) -> None:
     if scheme == "kaiming":
         nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+    elif scheme == "gpt2":
+        nn.init.normal_(module.weight, mean=0.0, std=GPT2_STD)
     else:
         variance_scaling_(module.weight)
     if module.bias is not None:
@@ -69,6 +78,10 @@ def initialize(model: nn.Module, scheme: str) -> nn.Module:
                 reset()
         elif isinstance(module, _WEIGHTED):
             _init_weighted(module, scheme)
+        elif scheme == "gpt2" and isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=GPT2_STD)
+            if module.padding_idx is not None:
+                module.weight[module.padding_idx].zero_()
         elif isinstance(module, _NORMS) and getattr(module, "weight", None) is not None:
             nn.init.ones_(module.weight)
             if module.bias is not None:
