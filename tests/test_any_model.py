@@ -403,3 +403,26 @@ def test_bidirectional_lstm_is_left_whole():
     result = ep.prune_channels(model, "random", 0.5, data=(x, y))
     assert result.widths_after["rnn"] == 8
     assert model(x).shape == (12, 3)
+
+
+def test_structured_magnitude_scores_recurrent_units_and_conv1d_columns_by_their_own_weights():
+    from earlyprune.structured import channel_groups, channel_importance
+
+    torch.manual_seed(0)
+    model = LSTMClassifier(layers=2)
+    x, y = seq_batch()
+    groups = {g.producers[0]: g for g in channel_groups(model, x[:1])}
+    scores = channel_importance(model, "magnitude", None, list(groups.values()))
+    # By hand: hidden unit j owns rows j, H+j, 2H+j, 3H+j of every weight_ih/weight_hh of both layers.
+    hidden = 12
+    expected = torch.zeros(hidden, dtype=torch.float64)
+    for name, weight in model.rnn.named_parameters():
+        if name.startswith("weight"):
+            for block in range(4):
+                expected += weight.detach().double()[block * hidden:(block + 1) * hidden].pow(2).sum(1)
+    torch.testing.assert_close(scores[groups["rnn"].index], expected.sqrt())
+    block = GPT2Block()
+    x, _ = seq_batch()
+    conv_groups = {g.producers[0]: g for g in channel_groups(block, x[:1])}
+    conv_scores = channel_importance(block, "magnitude", None, list(conv_groups.values()))
+    torch.testing.assert_close(conv_scores[conv_groups["c_fc"].index], block.c_fc.weight.detach().double().norm(dim=0))

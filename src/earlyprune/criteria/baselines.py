@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import PruningError
 from .spec import Criterion, Scoring
 
 
@@ -33,18 +34,37 @@ def magnitude_importance(scoring: Scoring) -> dict[str, torch.Tensor]:
 
 
 def magnitude_channel_importance(scoring: Scoring) -> dict[int, torch.Tensor]:
-    """L2 norm of each channel's filter: its slice of every producer's weight (bias excluded); for
+    """L2 norm of each channel's filter: its slice of every producer's weights (biases excluded); for
     residual-tied channels the norm runs over all layers writing to the channel. Consumers' input slices
-    and BatchNorm scales are not counted: this is the filter-norm baseline."""
+    and BatchNorm scales are not counted: this is the filter-norm baseline. A recurrent layer's hidden unit
+    owns its rows in every gate block of every ``weight_ih``/``weight_hh``; a GPT-2 ``Conv1D`` stores its
+    weight as (in, out), so its units are columns."""
     modules = dict(scoring.model.named_modules())
     scores = {}
     for g in scoring.groups:
         total = torch.zeros(g.size, dtype=torch.float64)
         for name in g.producers:
-            weight = modules[name].weight.detach()
-            total += weight.reshape(weight.shape[0], -1).double().pow(2).sum(1).cpu()
+            for weight in _producer_weights(modules[name]):
+                total += _per_unit_square_norm(weight, g.size, name)
         scores[g.index] = total.sqrt()
     return scores
+
+
+def _producer_weights(module: torch.nn.Module) -> list[torch.Tensor]:
+    """The weight matrices of a producer with output units along dim 0 (Conv1D-style ones transposed)."""
+    weights = [p.detach() for n, p in module.named_parameters(recurse=False) if n.startswith("weight")]
+    if type(module).__name__ == "Conv1D" or hasattr(module, "nf"):
+        weights = [w.t() for w in weights]
+    return weights
+
+
+def _per_unit_square_norm(weight: torch.Tensor, units: int, name: str) -> torch.Tensor:
+    rows = weight.shape[0]
+    if rows % units:
+        raise PruningError(f"structured magnitude cannot map the {rows} output rows of {name!r} onto its {units} "
+                           "channels; use another structured criterion for this layer")
+    blocks = weight.reshape(rows // units, units, -1).double()  # gate blocks of a recurrent layer: 4 for LSTM
+    return blocks.pow(2).sum(dim=(0, 2)).cpu()
 
 
 RANDOM = Criterion(
