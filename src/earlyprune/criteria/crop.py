@@ -24,6 +24,7 @@ from torch import nn
 
 from ..errors import PruningError
 from ..loss import batch_loss
+from ..prunable import prunable_parameters
 from ..structured.gates import channel_gates
 from ._autograd import accumulate_gate_grads, hessian_gradient_product, loss_gradient
 from .spec import Criterion, Scoring
@@ -71,7 +72,9 @@ def crop_channel_importance(scoring: Scoring) -> dict[int, torch.Tensor]:
 
 
 def _conv_linear_weights(model: nn.Module) -> dict[str, nn.Parameter]:
-    """``{name: weight}`` of every Conv/Linear layer (each shared weight once), the official code's set."""
+    """``{name: weight}`` of every Conv/Linear layer (each shared weight once), the official code's set,
+    plus the other weights this library prunes (recurrent weight matrices, attention projections, GPT-2's
+    Conv1D), so their gradient flow counts too on models that have them."""
     named, seen = {}, set()
     for module_name, module in model.named_modules():
         if isinstance(module, _WEIGHT_LAYERS):
@@ -79,6 +82,10 @@ def _conv_linear_weights(model: nn.Module) -> dict[str, nn.Parameter]:
             if weight is not None and weight.requires_grad and id(weight) not in seen:
                 seen.add(id(weight))
                 named[f"{module_name}.weight" if module_name else "weight"] = weight
+    for name, weight in prunable_parameters(model, warn=False).items():
+        if weight.requires_grad and id(weight) not in seen:
+            seen.add(id(weight))
+            named[name] = weight
     return named
 
 
