@@ -11,10 +11,12 @@ The public API (see the README)::
     pruner = ep.EarlyPruner(model, "crop", sparsity=0.98, data=loader, optimizer=opt)  # pruner.step() per epoch
     resizer = ep.ActivationDensityPruner(model, example_inputs, optimizer=opt)       # resizer.epoch_end()
 
-A criterion of one's own is an :class:`ep.Criterion` passed as ``method`` (see docs/extending.md).
+A criterion of one's own is an :class:`ep.Criterion` passed as ``method`` (see docs/extending.md). The loss
+criteria score with is the task's: ``task="classification"`` (default), ``"regression"``,
+``"language_modelling"`` or an ``ep.tasks.Task`` (see :mod:`earlyprune.tasks`).
 """
 
-from . import data, distributed, models
+from . import data, distributed, models, tasks
 from .activation_density import ActivationDensityPruner
 from .criteria import Criterion
 from .early import EarlyPruner
@@ -27,6 +29,6 @@ from .structured import prune_channels
 __version__ = "0.1.0"
 
 __all__ = [
-    "models", "data", "Criterion", "EarlyPruner", "ActivationDensityPruner", "Masks", "prune", "prune_channels",
+    "models", "data", "tasks", "Criterion", "EarlyPruner", "ActivationDensityPruner", "Masks", "prune", "prune_channels",
     "score", "report", "methods", "PruningError", "LayerCollapseError", "__version__",
 ]

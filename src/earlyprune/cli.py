@@ -138,8 +138,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         with ResultsStore(args.store) as store:
             store.add(record)
-    keys = ["method", "sparsity", "achieved_sparsity", "final_accuracy", "best_accuracy", "nonzero_params",
-            "effective_flops", "scoring_seconds", "train_seconds"]
+    keys = ["method", "sparsity", "achieved_sparsity", "task", "final_accuracy", "best_accuracy", "metric_name",
+            "final_metric", "best_metric", "nonzero_params", "effective_flops", "scoring_seconds", "train_seconds"]
     print(json.dumps({k: record.get(k) for k in keys}, indent=1))
     print(f"record appended to {out}")
     return 0

@@ -11,8 +11,10 @@ from ..scoring_data import first_batches
 from .config import RunConfig
 
 
-def epoch_callback(config: RunConfig, model: nn.Module, train_split: Any, record: dict[str, Any]):
+def epoch_callback(config: RunConfig, model: nn.Module, train_split: Any, record: dict[str, Any],
+                   task: Any = "classification"):
     """An ``on_epoch_end`` callback for :func:`earlyprune.train.train` and the list it fills with events.
+    ``task`` is the loss the early pruner's criterion scores with (activation density needs none).
 
     Events (prunes or resizes, with widths and sizes before and after) go to ``record['prune_events']``.
     """
@@ -30,7 +32,7 @@ def epoch_callback(config: RunConfig, model: nn.Module, train_split: Any, record
     pruner = EarlyPruner(
         model, pruning.method, pruning.sparsity, scoring_batches, structured=pruning.structured,
         at_epoch=pruning.prune_epoch, cap_epoch=None if pruning.prune_epoch else max(2, config.training.epochs // 2),
-        seed=config.seed, **_unstructured_settings(pruning), **pruning.options,
+        seed=config.seed, task=task, **_unstructured_settings(pruning), **pruning.options,
     )
 
     def on_epoch_end(epoch: int, model: nn.Module, optimizer):

@@ -1,7 +1,8 @@
 """``earlyprune report RESULTS_DIR``: Markdown tables (also printed) and PNG plots of a results store.
 
-Tables: test accuracy mean ± std over seeds for every method × sparsity (per dataset, model and timing),
-with the dense reference; parameters, FLOPs and time. Plots: accuracy against the fraction of weights
+Tables: the task's test metric (accuracy for classification, RMSE for regression, perplexity for language
+modelling; which way is better is said) mean ± std over seeds for every method × sparsity (per dataset,
+model and timing), with the dense reference; parameters, FLOPs and time. Plots: accuracy against the fraction of weights
 remaining (log axis, one line per method, error bars over seeds), accuracy against total training time,
 and, for structured runs, accuracy against FLOPs.
 
@@ -22,6 +23,44 @@ from typing import Any, Iterable
 
 from .config import DENSE
 from .store import ResultsStore
+
+
+#: How a task's main metric is shown: its label, the factor it is shown in, and whether higher is better.
+#: A metric not listed is shown as it is, with the record's ``higher_is_better``.
+_METRICS = {
+    "accuracy": ("accuracy (%)", 100.0, True),
+    "rmse": ("RMSE", 1.0, False),
+    "perplexity": ("perplexity", 1.0, False),
+}
+
+
+def _metric_name(record: dict[str, Any]) -> str:
+    return record.get("metric_name") or "accuracy"
+
+
+def _metric_value(record: dict[str, Any]) -> float | None:
+    """The record's final test metric in the unit it is shown in (accuracy in %); records written before
+    tasks existed hold only ``final_accuracy``."""
+    value = record.get("final_metric")
+    if value is None:
+        value = record.get("final_accuracy")
+    if value is None:
+        return None
+    return _METRICS.get(_metric_name(record), ("", 1.0, True))[1] * value
+
+
+def metric_label(name: str, higher_is_better: bool | None = None) -> str:
+    """``"accuracy (%)"``, ``"RMSE (lower is better)"``, ``"perplexity (lower is better)"``."""
+    label, _, higher = _METRICS.get(name, (name, 1.0, True if higher_is_better is None else higher_is_better))
+    return label if higher else f"{label} (lower is better)"
+
+
+def _rows_metric(rows: dict[str, Any]) -> tuple[str, bool]:
+    """The metric of a (dataset, model) table: name and whether higher is better."""
+    for by in rows.values():
+        for cell in by.values():
+            return cell.get("metric_name", "accuracy"), cell.get("higher_is_better", True)
+    return "accuracy", True
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -65,9 +104,14 @@ def summarise(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[s
             rows[variant] = {}
             for sparsity in _ordered(by_sparsity):
                 runs = by_sparsity[sparsity]
-                acc = [100 * r["final_accuracy"] for r in runs if r.get("final_accuracy") is not None]
+                acc = [v for v in map(_metric_value, runs) if v is not None]
+                name = _metric_name(runs[0])
                 rows[variant][sparsity] = {
+                    # the task's main metric as shown (accuracy in %); the key keeps its first name
                     "accuracy": _mean_std(acc) if acc else (float("nan"), 0.0),
+                    "metric_name": name,
+                    "higher_is_better": (_METRICS[name][2] if name in _METRICS
+                                         else runs[0].get("higher_is_better", True)),
                     "seeds": len(runs),
                     "nonzero_params": statistics.fmean(r["nonzero_params"] for r in runs),
                     "effective_flops": statistics.fmean((r.get("effective_flops") or 0) for r in runs),
@@ -90,16 +134,19 @@ def markdown_tables(summary: dict[tuple[str, str], dict[str, Any]]) -> str:
     for (dataset, model), rows in summary.items():
         sparsities = sorted({s for by in rows.values() for s in by if s is not None})
         parts.append(f"## {model} on {dataset}\n")
+        name, higher = _rows_metric(rows)
+        label = metric_label(name, higher)
         if DENSE in rows:
             d = rows[DENSE][None]
             m, s = d["accuracy"]
             flops = _Unit.choose([d["effective_flops"]], "FLOPs", legacy=("M", 2))
-            parts.append(f"Dense reference: {m:.2f} ± {s:.2f}% ({d['seeds']} seed(s)), "
+            value = f"{m:.2f} ± {s:.2f}%" if name == "accuracy" else f"{label} {_format_metric(m, s)}"
+            parts.append(f"Dense reference: {value} ({d['seeds']} seed(s)), "
                          f"{d['nonzero_params']:,.0f} parameters, {flops.format(d['effective_flops'])} "
                          f"{flops.name}.\n")
         if sparsities:
             header = "| method | " + " | ".join(f"{100 * s:g}%" for s in sparsities) + " |"
-            parts += ["Test accuracy (%), mean ± std over seeds, by target sparsity:\n", header,
+            parts += [f"Test {label}, mean ± std over seeds, by target sparsity:\n", header,
                       "|" + " --- |" * (len(sparsities) + 1)]
             for variant, by in rows.items():
                 if all(s is None for s in by):
@@ -111,7 +158,7 @@ def markdown_tables(summary: dict[tuple[str, str], dict[str, Any]]) -> str:
             if variant != DENSE and None in by:  # e.g. activation density: the size is what it found
                 cell = by[None]
                 parts.append(f"{variant} (no target; it reached {100 * cell['achieved_sparsity']:.2f}% weight "
-                             f"sparsity): accuracy (%) {_accuracy_cell(cell)}.\n")
+                             f"sparsity): {label} {_accuracy_cell(cell)}.\n")
         cells = [c for by in rows.values() for c in by.values()]
         with_training_flops = any(c["training_flops"] for c in cells)
         # Each cost column gets the unit (and decimals) that shows every row with significant digits: an
@@ -119,7 +166,7 @@ def markdown_tables(summary: dict[tuple[str, str], dict[str, Any]]) -> str:
         eff = _Unit.choose([c["effective_flops"] for c in cells], "FLOPs", legacy=("M", 3))
         train = _Unit.choose([c["training_flops"] for c in cells], "FLOPs", legacy=("P", 4))
         secs = _Unit.choose([c["seconds"] for c in cells], "s", legacy=("", 1), significant=2, prefixes=("",))
-        columns = ["method", "sparsity", "accuracy (%)", "non-zero params", f"eff. {eff.name}"]
+        columns = ["method", "sparsity", label, "non-zero params", f"eff. {eff.name}"]
         columns += [f"training {train.name}"] if with_training_flops else []
         columns += ["time (s)"]
         parts += ["Size, cost and time (mean over seeds; sparsity is the achieved weight sparsity; training "
@@ -142,7 +189,13 @@ def markdown_tables(summary: dict[tuple[str, str], dict[str, Any]]) -> str:
 
 def _accuracy_cell(cell: dict[str, Any]) -> str:
     m, sd = cell["accuracy"]
-    return f"{m:.2f} ± {sd:.2f}" + (f" (n={cell['seeds']})" if cell["seeds"] == 1 else "")
+    text = f"{m:.2f} ± {sd:.2f}" if cell.get("metric_name", "accuracy") == "accuracy" else _format_metric(m, sd)
+    return text + (f" (n={cell['seeds']})" if cell["seeds"] == 1 else "")
+
+
+def _format_metric(mean: float, sd: float) -> str:
+    """A metric other than accuracy (RMSE, perplexity): four significant digits."""
+    return f"{mean:.4g} ± {sd:.2g}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -292,8 +345,9 @@ def plot_accuracy_vs_remaining(summary, path: Path) -> None:
             style = styles[variant]
             if variant == DENSE:
                 m, _ = by[None]["accuracy"]
+                shown = f"{m:.1f}%" if _rows_metric(rows)[0] == "accuracy" else f"{m:.4g}"
                 ax.axhline(m, color=style["color"], linestyle=style["linestyle"], linewidth=1,
-                           label=f"dense ({m:.1f}%)")
+                           label=f"dense ({shown})")
                 continue
             xs = [100 * (1 - by[s]["achieved_sparsity"]) for s in _ordered(by)]
             ticks.update(float(f"{x:.3g}") for x in xs)
@@ -310,7 +364,7 @@ def plot_accuracy_vs_remaining(summary, path: Path) -> None:
             tick_axes.append(ax)
         ax.invert_xaxis()
         ax.set_xlabel("weights remaining (%, log scale)")
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel(f"test {metric_label(*_rows_metric(rows))}")
         ax.set_title(f"{setting[1]} on {setting[0]}")
         ax.grid(True, which="both", alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()  # dense (the reference line) first
@@ -376,7 +430,7 @@ def plot_accuracy_vs(summary, key: str, label: str, path: Path, only_structured:
             _plain_log_xaxis(ax)
             xlabel = xlabel[:-1] + ", log scale)" if xlabel.endswith(")") else xlabel + " (log scale)"
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel(f"test {metric_label(*_rows_metric(summary[setting]))}")
         ax.set_title(f"{setting[1]} on {setting[0]}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(handles=handles, **_LEGEND)

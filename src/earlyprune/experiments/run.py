@@ -1,5 +1,11 @@
 """One experiment: build the model, prune (at init, early, or during training), train, evaluate, and
-return the result record (every setting, sizes, FLOPs, accuracies, times, memory, versions)."""
+return the result record (every setting, sizes, FLOPs, the task's metric, times, memory, versions).
+
+The task (its loss and metric, :mod:`earlyprune.tasks`) is the dataset's: a split's ``task`` attribute
+(classification when it has none). The record holds it (``task``), its main metric (``metric_name``,
+``final_metric``, ``best_metric``, ``higher_is_better``, every test metric of the last epoch in
+``final_metrics``) and, for classification, ``final_accuracy``/``best_accuracy`` as before (None for other
+tasks)."""
 
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from ..errors import DeviceError, PruningError
 from ..metrics import report
 from ..pruning import methods, prune
 from ..structured import prune_channels
+from ..tasks import get as get_task
 from ..train import train
 from .config import DENSE, RunConfig
 
@@ -50,10 +57,8 @@ def run_experiment(
     train_split, test_split = load_dataset(data.dataset, data_dir=data_dir, cache_dir=cache_dir)
     if data.train_subset:
         train_split = train_split.subset(data.train_subset)
-    model = models.create(
-        network.model, num_classes=train_split.num_classes, width=network.width, init=network.init,
-        in_channels=train_split.input_shape[0], input_size=train_split.input_shape[1],
-    )
+    task = get_task(dataset_task(train_split))
+    model = models.create(network.model, width=network.width, init=network.init, **_model_kwargs(train_split))
     model.input_shape = tuple(train_split.input_shape)
     model.to(target)
     train_loader = train_split.loader(data.batch_size, shuffle=True, augment=data.augment, seed=config.seed,
@@ -62,7 +67,8 @@ def run_experiment(
     recipe = dataclasses.replace(config.training, progress=progress)
     dense = report(model)
     record: dict[str, Any] = {"key": config.key(), **config.as_dict()}
-    record.update(dense_params=dense.params, dense_flops=dense.flops)
+    record.update(task=task.name, metric_name=task.metric, higher_is_better=task.higher_is_better,
+                  dense_params=dense.params, dense_flops=dense.flops)
 
     scoring_seconds = 0.0
     masks = None
@@ -73,12 +79,12 @@ def run_experiment(
         start = time.perf_counter()
         if pruning.structured:
             result = prune_channels(model, pruning.method, pruning.sparsity, data=scoring_data, seed=config.seed,
-                                    num_batches=pruning.score_batches, **pruning.options)
+                                    num_batches=pruning.score_batches, task=task, **pruning.options)
         else:
             result = prune(
                 model, pruning.method, pruning.sparsity, data=scoring_data, scope=pruning.scope,
                 iterations=pruning.iterations, rule=pruning.rule, seed=config.seed,
-                num_batches=pruning.score_batches, **pruning.options,
+                num_batches=pruning.score_batches, task=task, **pruning.options,
             )
         scoring_seconds = time.perf_counter() - start
         if not pruning.structured:
@@ -88,7 +94,7 @@ def run_experiment(
     elif pruning.method != DENSE:
         from .during_training import epoch_callback
 
-        on_epoch_end, events = epoch_callback(config, model, train_split, record)
+        on_epoch_end, events = epoch_callback(config, model, train_split, record, task=task)
 
     on_epoch_end = _counting_training_flops(on_epoch_end, model, len(train_split), record)
     trained = model
@@ -96,7 +102,7 @@ def run_experiment(
         ids = [target.index] if target.type == "cuda" else None
         trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     result = train(trained, train_loader, test_loader, recipe, on_epoch_end=on_epoch_end,
-                   description=f"{pruning.method} {pruning.sparsity}")
+                   description=f"{pruning.method} {pruning.sparsity}", task=task)
     final = report(model)
     record.update(
         # weight sparsity of the masks where there are masks, else the fraction of parameters removed
@@ -108,11 +114,14 @@ def run_experiment(
         effective_flops=final.effective_flops,
         final_accuracy=result.final_accuracy,
         best_accuracy=result.best_accuracy,
+        final_metric=result.final_metric,
+        best_metric=result.best_metric,
+        final_metrics=dict(result.history[-1].test_metrics) if result.history else {},
         scoring_seconds=scoring_seconds + record.get("scoring_seconds", 0.0),
         train_seconds=result.seconds,
         peak_memory_mb=result.peak_memory_mb,
-        curve=[{"epoch": r.epoch, "test_accuracy": r.test_accuracy, "train_loss": r.train_loss,
-                "seconds": r.seconds} for r in result.history],
+        curve=[{"epoch": r.epoch, "test_accuracy": r.test_accuracy, "test_metric": r.test_metric,
+                "train_loss": r.train_loss, "seconds": r.seconds} for r in result.history],
         earlyprune_version=__version__,
         torch_version=torch.__version__,
         python_version=platform.python_version(),
@@ -122,6 +131,22 @@ def run_experiment(
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
     return record
+
+
+def dataset_task(split: Any) -> str:
+    """The task of a dataset split: its ``task`` attribute, classification when it has none."""
+    return getattr(split, "task", "classification")
+
+
+def _model_kwargs(split: Any) -> dict[str, Any]:
+    """What sizes the model for ``split``: an image split's classes, channels and side as before; for other
+    inputs (tokens, features) the split's own ``model_kwargs()``."""
+    shape = tuple(split.input_shape)
+    if len(shape) == 3 and dataset_task(split) == "classification":
+        return {"num_classes": split.num_classes, "in_channels": shape[0], "input_size": shape[1]}
+    if hasattr(split, "model_kwargs"):
+        return dict(split.model_kwargs())
+    return {"num_classes": split.num_classes}
 
 
 def resolve_device(device: str | None) -> torch.device:

@@ -199,7 +199,9 @@ def _run_cell(config: RunConfig, results_dir: str, data_dir: str | None, threads
     record = run_experiment(config, data_dir=data_dir, progress=False, threads=threads, device=device)
     with ResultsStore(results_dir) as store:
         store.add(record)
-    return config.key(), record.get("final_accuracy")
+    if record.get("final_accuracy") is not None or record.get("final_metric") is None:
+        return config.key(), record.get("final_accuracy")
+    return config.key(), f"{record.get('metric_name', 'metric')} {record['final_metric']:.4g}"
 
 
 def _describe(cell: RunConfig) -> str:
@@ -419,7 +421,7 @@ def _end_with_parent(parent_pid: int) -> None:
 
 
 def _progress(index: int, total: int, cell: RunConfig, accuracy: float | None, started: float) -> None:
-    acc = f"{accuracy:.2%}" if accuracy is not None else "-"
+    acc = accuracy if isinstance(accuracy, str) else f"{accuracy:.2%}" if accuracy is not None else "-"
     print(f"[{index}/{total}] {cell.network.model} {cell.pruning.method} s={cell.pruning.sparsity} "
           f"seed={cell.seed}: {acc} "
           f"({time.perf_counter() - started:.0f}s)", flush=True)
