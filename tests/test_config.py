@@ -402,3 +402,10 @@ def test_the_record_is_flat_with_the_old_keys(tmp_path):
         assert name in record, name
     assert record["method"] == "grasp" and record["sparsity"] == 0.9 and record["milestones"] == [0.5, 0.75]
     assert re.fullmatch(r"[0-9a-f]{16}", record["key"])
+
+
+def test_sweep_values_accept_the_text_language_and_regression_models():
+    from earlyprune.experiments.config import check_setting
+
+    for name in ("textcnn", "transformer-encoder", "lstm-lm", "gpt-mini", "mlp-regressor"):
+        assert check_setting("model", name) == name

@@ -234,7 +234,7 @@ def _datasets() -> list[str]:
 def _models() -> list[str]:
     from .. import models
 
-    return models.names()
+    return models.names(None)
 
 
 def _model_aliases() -> str:
