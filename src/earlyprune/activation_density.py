@@ -41,10 +41,10 @@ from torch import nn
 
 from .batches import to_device
 from .calling import call_model
-from .model_state import model_device, model_dtype, preserved_modes
 from .distributed import average_across_ranks
 from .errors import PruningError
 from .metrics import report
+from .model_state import model_device, model_dtype, preserved_modes
 from .structured import build_groups, shrink
 from .structured.groups import ChannelGroup, GroupPlan
 

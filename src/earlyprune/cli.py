@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-
 _GROUPS = {"data": "data", "network": "model", "training": "training", "pruning": "pruning"}
 
 
@@ -79,8 +78,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config_from(args: argparse.Namespace):
-    from .experiments.config import RunConfig, parse_option, setting_names
     from .errors import PruningError
+    from .experiments.config import RunConfig, parse_option, setting_names
 
     options = {}
     for text in args.option:

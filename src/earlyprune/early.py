@@ -17,17 +17,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .distributed import broadcast_decision, unwrap
-from .errors import PruningError
 from .batches import first_example, is_batch
 from .criteria import Criterion, resolve
+from .distributed import broadcast_decision, unwrap
+from .errors import PruningError
 from .metrics import report
 from .prunable import prunable_parameters
 from .pruning import prune
-from .structured import prune_channels
-from .triggers import DEFAULT_RELATIVE_THRESHOLD, WeightDistance, WeightDistanceTrigger
 from .selection import check_sparsity
+from .structured import prune_channels
 from .tasks import get as get_task
+from .triggers import DEFAULT_RELATIVE_THRESHOLD, WeightDistance, WeightDistanceTrigger
 
 
 @dataclass

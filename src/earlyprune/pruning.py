@@ -18,14 +18,14 @@ from .criteria import Criterion, compute_importance, registered, resolve
 from .distributed import unwrap
 from .errors import PruningError
 from .loss import LossFn
-from .tasks import Task, scoring_loss
-from .tasks import get as get_task
 from .masking import applied_masks
 from .masks import Masks
 from .prunable import NO_PRUNABLE, prunable_parameters
 from .schedules import schedule_targets
 from .scoring_data import scoring_batches
 from .selection import check_sparsity, collapse_message, reshape_like, select
+from .tasks import Task, scoring_loss
+from .tasks import get as get_task
 
 
 def methods() -> dict[str, str]:

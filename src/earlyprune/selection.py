@@ -34,7 +34,6 @@ import math
 import numbers
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 

@@ -21,8 +21,9 @@ from torch import nn
 
 from .batches import to_device
 from .calling import predict
-from .model_state import model_device, model_dtype, preserved_modes
 from .errors import PruningError
+from .model_state import model_device, model_dtype, preserved_modes
+from .settings import check_declared
 from .tasks import Task
 from .tasks import get as get_task
 
@@ -55,8 +56,6 @@ class TrainConfig:
     progress: bool | None = field(default=None, metadata={"setting": False})  # None: a bar only on a terminal
 
     def __post_init__(self) -> None:
-        from .experiments.config import check_declared  # the checks the declarations above make
-
         check_declared(self)
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 

@@ -24,7 +24,6 @@ from typing import Any, Iterable
 from .config import DENSE
 from .store import ResultsStore
 
-
 #: How a task's main metric is shown: its label, the factor it is shown in, and whether higher is better.
 #: A metric not listed is shown as it is, with the record's ``higher_is_better``.
 _METRICS = {
