@@ -153,7 +153,7 @@ class PruningConfig:
                          choices=("global", "layer"))
     iterations: int | None = setting(None, "pruning rounds on an exponential schedule", min=1,
                                      none="the method's own: one shot; SynFlow 100")
-    rule: str = setting("topk", "selection rule (see DESIGN)", choices=_rules)
+    rule: str = setting("topk", "selection rule: topk keeps exactly round((1-s)N); official is the SynFlow repository's <= threshold (docs/methods.md)", choices=_rules)
     when: str = setting("init", "when to prune: init, early (EarlyCroP's trigger) or epoch:N", check=_check_when)
     structured: bool = setting(False, "remove whole channels physically")
     prune_every: int = setting(1, "activation_density: epochs between resizes", min=1)

@@ -1,6 +1,6 @@
 """Named initialisation schemes, one per paper. At initialisation the weights *are* what pruning scores,
-so the scheme matters as much as the method (see DESIGN.md: SNIP on LeNet-5-Caffe at 99% sparsity gives
-98.2% with variance scaling against 97.5% with Kaiming normal, same recipe).
+so the scheme matters as much as the method (measured here: SNIP on LeNet-5-Caffe at 99% sparsity, MNIST,
+20 epochs, gave 98.2% with variance scaling against 97.5% with Kaiming normal, same recipe).
 
 * ``"variance_scaling"``: the SNIP paper's (Lee et al., ICLR 2019) for the LeNets, TensorFlow's
   variance scaling with scale 1, fan-in mode and a truncated normal: weights drawn from N(0, sigma^2),
