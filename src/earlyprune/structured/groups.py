@@ -13,8 +13,9 @@ are the classes) is never part of a group, nor is any group tied to it.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 import torch_pruning as tp
@@ -70,6 +71,13 @@ class ChannelGroup:
     # The traced graph this group belongs to and its root pruning function (used by ``shrink``).
     graph: Any = field(default=None, repr=False, compare=False)
     handler: Any = field(default=None, repr=False, compare=False)
+    #: Channels go in blocks of this many: an attention module's heads (``head_dim`` channels each, channel
+    #: ``i`` in head ``i // block``); 1 for single channels.
+    block: int = 1
+    #: The attention module whose heads these channels are (its head count is updated by ``shrink``).
+    attention: str = ""
+    # What the model was traced with: ``shrink`` checks the model still runs on it after surgery.
+    example_inputs: Any = field(default=None, repr=False, compare=False)
 
     @property
     def id(self) -> int:
@@ -113,6 +121,7 @@ def build_groups(
     order = {m: i for i, m in enumerate(model.modules())}
     ignored += [m for m in model.modules() if unsupported_reason(m) is not None and m not in ignored]
     owners = _parameter_owners(model)
+    head_modules = attention_heads(model)
     roots_types = (*PRODUCERS, *RECURRENT, *customized_pruners(model))
     found, left_whole = [], {}
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=roots_types):
@@ -129,6 +138,9 @@ def build_groups(
         if not producers:
             continue
         reason = _unprunable(model, [m for m, _, _ in members], owners, names)
+        heads = None
+        if reason is None:
+            heads, reason = _head_structure(set(producers), head_modules, names)
         if reason is not None:
             left_whole.setdefault(names[root_dep.target.module], reason)
             continue
@@ -136,10 +148,10 @@ def build_groups(
         # group indices (and so random scores and tie-breaking) are the same in every process.
         producers = sorted(set(producers), key=order.__getitem__)
         members = sorted(set(members), key=lambda m: (order[m[0]], m[1]))
-        found.append((producers, members, root_dep))
+        found.append((producers, members, root_dep, heads))
     found.sort(key=lambda item: order[item[0][0]])
     groups, roots = [], []
-    for producers, members, root_dep in found:
+    for producers, members, root_dep, heads in found:
         root = root_dep.target.module
         groups.append(ChannelGroup(
             index=len(groups),
@@ -150,6 +162,9 @@ def build_groups(
             root=names[root],
             graph=graph,
             handler=root_dep.handler,
+            block=heads[1] if heads else 1,
+            attention=heads[0] if heads else "",
+            example_inputs=example_inputs,
         ))
         roots.append((root, root_dep.handler))
     if not groups:
@@ -198,7 +213,8 @@ def trace(model: nn.Module, example_inputs: Any) -> Any:
         # tracing switches the model to eval mode; every submodule gets its own mode back
         handles = tracing_hooks(model)
         try:
-            with preserved_modes(model), torch.enable_grad():  # tracing follows autograd's graph
+            # no key/value cache: its concatenations are not channel ops and break torch-pruning's tracing
+            with preserved_modes(model), no_cache(model), torch.enable_grad():  # tracing follows autograd
                 return tp.DependencyGraph().build_dependency(
                     model, example_inputs=example_inputs, forward_fn=call_model, output_transform=prediction,
                     verbose=False, customized_pruners=customized_pruners(model),
@@ -213,6 +229,105 @@ def trace(model: nn.Module, example_inputs: Any) -> Any:
             "a dict of keyword arguments), pass the layers it cannot follow as ignored_layers/exclude, or "
             "prune unstructured instead"
         ) from exc
+
+
+@contextlib.contextmanager
+def no_cache(model: nn.Module) -> Iterator[None]:
+    """Run the body with ``config.use_cache = False`` on every module config that has it (Hugging Face
+    models), each restored afterwards: a key/value cache (GPT-2's ``DynamicCache``) concatenates past and
+    present keys along the sequence, which torch-pruning takes for a channel concatenation of unknown size."""
+    changed = {}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and getattr(config, "use_cache", False) is True and id(config) not in changed:
+            changed[id(config)] = config
+            config.use_cache = False
+    try:
+        yield
+    finally:
+        for config in changed.values():
+            config.use_cache = True
+
+
+#: Attributes holding an attention module's number of heads, and the width of one head.
+HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_head", "n_heads")
+HEAD_DIM_ATTRS = ("attention_head_size", "head_dim", "head_size", "d_head", "dim_head")
+#: Attributes holding the total width of all heads (heads x head_dim), updated with the head count.
+HEADS_WIDTH_ATTRS = ("all_head_size", "inner_dim")
+
+
+@dataclass(frozen=True)
+class AttentionHeads:
+    """An attention module's head layout, as its attributes declare it."""
+
+    name: str
+    heads: int
+    head_dim: int
+
+
+def attention_heads(model: nn.Module) -> dict[nn.Module, AttentionHeads]:
+    """Modules declaring a head structure: an int head count (``num_attention_heads``, ``num_heads``, ...)
+    and an int head width (``attention_head_size``, ``head_dim``, ..., or ``all_head_size`` / heads)."""
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.MultiheadAttention):
+            continue  # left whole by _unprunable
+        heads = _int_attr(module, HEAD_COUNT_ATTRS)
+        if heads is None or heads < 1:
+            continue
+        head_dim = _int_attr(module, HEAD_DIM_ATTRS)
+        if head_dim is None:
+            width = _int_attr(module, HEADS_WIDTH_ATTRS)
+            head_dim = width // heads if width is not None and width % heads == 0 else None
+        if head_dim is not None and head_dim >= 1:
+            found[module] = AttentionHeads(name, heads, head_dim)
+    return found
+
+
+def _int_attr(module: nn.Module, names: Sequence[str]) -> int | None:
+    for attr in names:
+        value = module.__dict__.get(attr)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _head_structure(producers: set[nn.Module], head_modules: dict[nn.Module, AttentionHeads],
+                    names: dict[nn.Module, str]) -> tuple[tuple[str, int] | None, str | None]:
+    """``((attention module, head_dim), None)`` when a group's channels are an attention module's heads,
+    ``(None, reason)`` when they are its projections' outputs but cannot be pruned by head, ``(None, None)``
+    when the group has nothing to do with heads.
+
+    A group's channels are heads when every producer is a direct child projection of one module declaring
+    heads (see :func:`attention_heads`; the model itself does not count) with ``heads x head_dim`` outputs:
+    its q, k and v Linear layers, which the traced dot products tie together. A group with a producer
+    elsewhere (the residual stream, which an output projection inside the module also writes) is not heads
+    and is pruned by channel.
+    """
+    by_name = {h.name: h for h in head_modules.values() if h.name}
+    owners = set()
+    for producer in producers:
+        parent = names[producer].rpartition(".")[0]
+        if parent not in by_name:
+            return None, None
+        owners.add(parent)
+    if len(owners) != 1:
+        return None, None
+    owner = by_name[owners.pop()]
+    width = owner.heads * owner.head_dim
+    where = f"attention module {owner.name!r} ({owner.heads} heads of {owner.head_dim})"
+    for producer in sorted(producers, key=lambda m: names[m]):
+        out = _out_channels(producer)
+        if out == 3 * width:
+            return None, (f"{names[producer]!r} is a fused q/k/v projection of {where} ({out} outputs); "
+                          "only separate q/k/v projections are pruned by head")
+        if not isinstance(producer, nn.Linear):
+            return None, (f"{names[producer]!r} of {where} is a {type(producer).__name__}, not a Linear "
+                          "projection; its heads are not pruned")
+        if out != width:
+            return None, (f"{names[producer]!r} of {where} has {out} outputs, not heads x head_dim = {width}; "
+                          "its heads are not pruned")
+    return (owner.name, owner.head_dim), None
 
 
 def find_classifier(model: nn.Module, example_inputs: Any) -> nn.Module | None:

@@ -19,6 +19,7 @@ so it runs as fast as the same architecture built at these widths from scratch.
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -26,10 +27,13 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ..calling import call_model
 from ..errors import PruningError
+from .. import masking
 from ..masking import binding as mask_binding
+from ..model_state import preserved_modes
 from ..prunable import is_conv1d_like
-from .groups import ChannelGroup, GroupPlan, as_groups, trace
+from .groups import HEAD_COUNT_ATTRS, HEADS_WIDTH_ATTRS, ChannelGroup, GroupPlan, as_groups, trace
 from .recurrent import RECURRENT
 
 #: ``{parameter name: {dim: kept indices along dim, relative to the parameter before surgery}}``
@@ -93,15 +97,27 @@ def shrink(
     before = dict(model.named_parameters())
     params_before = sum(p.numel() for p in before.values())
     widths_before = layer_widths(model)
+    work = [g for g in group_list if g.index in kept_channels and len(kept_channels[g.index]) < g.size]
+    inputs = example_inputs if example_inputs is not None else next(
+        (g.example_inputs for g in group_list if g.example_inputs is not None), None)
+    snapshot = _snapshot(model)
     with _recording_slices() as record:
-        for group in group_list:
-            if group.index not in kept_channels:
-                continue
-            kept = set(kept_channels[group.index].tolist())
-            remove = [i for i in range(group.size) if i not in kept]
-            if remove:
-                graph, root, handler = targets[group.index]
-                graph.get_pruning_group(root, handler, idxs=remove).prune()
+        failure = _prune_and_check(model, work, kept_channels, targets, inputs)
+        if failure is not None:
+            # leave the model as it was, then find the groups that break it (each alone)
+            _restore(snapshot)
+            culprits = []
+            for group in work:
+                if _prune_and_check(model, [group], kept_channels, targets, inputs) is not None:
+                    culprits.append(group)
+                _restore(snapshot)
+            culprits = culprits or work
+            named = "; ".join(f"group {g.index} (root {g.root!r}, producers {g.producers})" for g in culprits)
+            raise PruningError(
+                f"removing channels breaks the model ({failure}): {named}. The model is left unchanged; leave "
+                "these layers whole with exclude=[...] (their outputs are probably reshaped, e.g. into "
+                "attention heads this library does not recognise), or prune unstructured"
+            )
     after = dict(model.named_parameters())
     kept_indices = _compose(before, after, record)
     if optimizer is not None:
@@ -111,6 +127,66 @@ def shrink(
         bound.reindex(kept_indices)
     return ShrinkResult(kept_indices, params_before, sum(p.numel() for p in after.values()), widths_before,
                         layer_widths(model), kept_channels)
+
+
+def _prune_and_check(model: nn.Module, groups: list[ChannelGroup], kept_channels: dict[int, torch.Tensor],
+                     targets: dict[int, tuple], inputs: Any) -> str | None:
+    """Remove the channels of ``groups`` not kept, update the heads of attention modules, and check the
+    model still runs on ``inputs``; a description of what failed, or None."""
+    modules = dict(model.named_modules())
+    try:
+        for group in groups:
+            kept = set(kept_channels[group.index].tolist())
+            remove = [i for i in range(group.size) if i not in kept]
+            graph, root, handler = targets[group.index]
+            graph.get_pruning_group(root, handler, idxs=remove).prune()
+            if group.attention:
+                _set_heads(modules[group.attention], group.size, len(kept), group.block)
+    except Exception as exc:  # torch-pruning's failures come in many types
+        return f"{type(exc).__name__} in surgery: {exc}"
+    if inputs is None or not groups:
+        return None
+    try:
+        with preserved_modes(model, train=False), torch.no_grad(), _masks_suspended(model):
+            call_model(model, inputs)
+    except Exception as exc:
+        return f"{type(exc).__name__} in the forward pass afterwards: {exc}"
+    return None
+
+
+@contextlib.contextmanager
+def _masks_suspended(model: nn.Module) -> Iterator[None]:
+    """Masks applied to the model are not enforced in the body: they still have the shapes from before the
+    surgery (they are sliced once it is done); the weights they zeroed stay zero, sliced alike."""
+    state = model.__dict__.pop(masking._ATTRIBUTE, None)
+    try:
+        yield
+    finally:
+        if state is not None:
+            model.__dict__[masking._ATTRIBUTE] = state
+
+
+def _set_heads(module: nn.Module, width: int, kept: int, head_dim: int) -> None:
+    """Update an attention module's head count (and all-heads width) attributes after removing heads."""
+    for attr in HEAD_COUNT_ATTRS:
+        if module.__dict__.get(attr) == width // head_dim:
+            setattr(module, attr, kept // head_dim)
+    for attr in HEADS_WIDTH_ATTRS:
+        if module.__dict__.get(attr) == width:
+            setattr(module, attr, kept)
+
+
+def _snapshot(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any]]]:
+    """Every module's attributes (one level of its dicts and lists copied, no tensor data): torch-pruning
+    replaces parameters and sets attributes, so putting these back undoes a surgery."""
+    return [(m, {k: (copy.copy(v) if isinstance(v, (dict, list)) else v) for k, v in m.__dict__.items()})
+            for m in model.modules()]
+
+
+def _restore(snapshot: list[tuple[nn.Module, dict[str, Any]]]) -> None:
+    for module, state in snapshot:
+        module.__dict__.clear()
+        module.__dict__.update({k: (copy.copy(v) if isinstance(v, (dict, list)) else v) for k, v in state.items()})
 
 
 def layer_widths(model: nn.Module) -> dict[str, int]:
@@ -137,6 +213,8 @@ def slice_like(tensor: torch.Tensor, dims: Mapping[int, torch.Tensor]) -> torch.
 
 def _check_keep(groups: list[ChannelGroup], keep: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
     sizes = {g.index: g.size for g in groups}
+    blocks = {g.index: int(getattr(g, "block", 1) or 1) for g in groups}
+    attention = {g.index: getattr(g, "attention", "") for g in groups}
     unknown = [k for k in keep if k not in sizes]
     if unknown:
         raise PruningError(f"keep names groups that are not given: {unknown[:5]}")
@@ -153,6 +231,15 @@ def _check_keep(groups: list[ChannelGroup], keep: Mapping[int, torch.Tensor]) ->
         unique = torch.unique(kept)  # sorted
         if unique.numel() != kept.numel():
             raise PruningError(f"keep[{index}] has repeated indices")
+        block = blocks[index]
+        if block > 1:
+            counts = torch.bincount(unique // block, minlength=sizes[index] // block)
+            split = [int(h) for h in torch.nonzero((counts > 0) & (counts < block)).flatten()]
+            if split:
+                raise PruningError(
+                    f"keep[{index}] splits heads {split[:5]} of attention module {attention[index]!r}: its "
+                    f"channels go by whole heads of {block} (channels h*{block} ... h*{block}+{block - 1})"
+                )
         checked[index] = unique
     return checked
 
