@@ -9,6 +9,15 @@ a concatenation stay separate groups, each owning its slice of the next layer's 
 The tracing is torch-pruning's ``DependencyGraph`` (Fang et al., "DepGraph", CVPR 2023), so no
 per-architecture code is needed. The model's final classifier (the last Linear/Conv to run; its outputs
 are the classes) is never part of a group, nor is any group tied to it.
+
+Attention heads: the q, k and v projections of a module that declares its heads (Hugging Face's
+``num_attention_heads``/``attention_head_size``, timm's and others' ``num_heads``/``head_dim``; see
+:func:`attention_heads`) form a group whose channels go by whole heads (``ChannelGroup.block`` =
+head_dim; ``shrink`` updates the head count). A fused q/k/v projection (GPT-2's ``c_attn``) is left whole,
+with the reason in ``GroupPlan.left_whole``. An attention this cannot recognise is caught by ``shrink``,
+which checks the model still runs after surgery and otherwise restores it and names the groups.
+Hugging Face models are traced with ``config.use_cache`` off (a key/value cache's concatenations are not
+channel operations).
 """
 
 from __future__ import annotations
