@@ -235,3 +235,12 @@ def test_gpt2_init_is_normal_with_std_002_and_the_mlp_kaiming():
     assert torch.all(cnn.token_embedding.weight[0] == 0)  # the <pad> row
     mlp = models.create("mlp-regressor", width=4)
     assert float(mlp.fc2.weight.std()) == pytest.approx(math.sqrt(2 / 512), rel=0.05)
+
+
+def test_textcnn_word_vectors_start_as_kims_cnn_rand():
+    from earlyprune import models
+
+    model = models.create("textcnn", vocab_size=500, seq_len=20, num_classes=2)
+    weight = model.embedding.weight.detach()
+    assert float(weight.abs().max()) <= 0.25 and float(weight.std()) == pytest.approx(0.5 / 12 ** 0.5, rel=0.05)
+    assert torch.all(weight[0] == 0)

@@ -37,7 +37,9 @@ class TextCNN(TokenModel):
     Embedding (``embed_dim``, default 128; Kim's 300 are word2vec's size) -> for each filter width 3, 4, 5:
     ``nn.Conv1d`` with 100 feature maps, ``nn.ReLU``, max-over-time pooling -> concatenation (300)
     -> dropout 0.5 -> Linear to ``num_classes``. ``width`` scales the embedding and the feature maps.
-    Inputs shorter than the widest filter are right-padded with ``<pad>``. Kim's max-norm constraint
+    Inputs shorter than the widest filter are right-padded with ``<pad>``. Word vectors start uniform in
+    [-0.25, 0.25], as Kim's CNN-rand initialises them (PyTorch's N(0, 1) default gives logits so large that
+    training stalls near chance for several epochs; measured on SST-2). Kim's max-norm constraint
     (3 on the classifier's rows) is a training-loop matter and not applied here.
     Parameters at vocab V, width 1: 128 V + 12 * 128 * 100 + 300 + 301 * num_classes.
     """
@@ -51,6 +53,9 @@ class TextCNN(TokenModel):
         embed, maps = scaled(embed_dim, width), scaled(feature_maps, width)
         self.filter_widths = tuple(filter_widths)
         self.embedding = nn.Embedding(vocab_size, embed, padding_idx=0)
+        with torch.no_grad():
+            self.embedding.weight.uniform_(-0.25, 0.25)
+            self.embedding.weight[0] = 0.0  # <pad>
         self.convs = nn.ModuleList(nn.Conv1d(embed, maps, k) for k in self.filter_widths)
         self.relus = nn.ModuleList(nn.ReLU() for _ in self.filter_widths)
         self.pool = nn.AdaptiveMaxPool1d(1)
