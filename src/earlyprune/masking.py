@@ -48,7 +48,7 @@ class _BindingState:
         self._reset()
 
     def _reset(self) -> None:
-        self.on_device: dict[tuple[str, torch.device], torch.Tensor] = {}
+        self.on_device: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
         self.versions: dict[str, int] = {}
         self.hooked: dict[str, weakref.ref] = {}
         self.handles: list[Any] = []
@@ -64,14 +64,15 @@ class _BindingState:
         self.masks, self.hook_id = state["masks"], state["hook_id"]
         self._reset()
 
-    def mask_on(self, name: str, device: torch.device) -> torch.Tensor:
-        key = (name, device)
+    def mask_on(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """The mask of ``name`` on ``like``'s device in ``like``'s dtype (a multiply without a cast each time)."""
+        key = (name, like.device, like.dtype)
         mask = self.on_device.get(key)
         if mask is None:
-            mask = self.on_device[key] = self.masks[name].to(device)
+            mask = self.on_device[key] = self.masks[name].to(device=like.device, dtype=like.dtype)
         return mask
 
-    def enforce(self, model: nn.Module, force: bool = False) -> None:
+    def enforce(self, model: nn.Module, force: bool = False, grads: bool = False) -> None:
         """Hook every masked parameter that lacks the gradient hook; re-zero every one changed in place."""
         for name in self.masks:
             param = _lookup(model, name)
@@ -83,9 +84,9 @@ class _BindingState:
                 self.hooked[name] = weakref.ref(param)
             if force or self.versions.get(name) != param._version:
                 with torch.no_grad():
-                    param.mul_(self.mask_on(name, param.device))
-                    if force and param.grad is not None:
-                        param.grad.mul_(self.mask_on(name, param.grad.device))
+                    param.mul_(self.mask_on(name, param))
+                    if grads and param.grad is not None:
+                        param.grad.mul_(self.mask_on(name, param.grad))
                 self.versions[name] = param._version
 
     def release(self) -> None:
@@ -105,7 +106,7 @@ class _GradientMask:
         state = self.state()
         if state is None or self.name not in state.masks:
             return None
-        return grad * state.mask_on(self.name, grad.device)
+        return grad * state.mask_on(self.name, grad)
 
 
 def _lookup(model: nn.Module, name: str) -> Any:
@@ -173,7 +174,7 @@ class MaskBinding:
                     held = True
                     for value in optimizer.state.get(p, {}).values():
                         if isinstance(value, torch.Tensor) and value.shape == p.shape:
-                            value.mul_(state.mask_on(name, value.device))
+                            value.mul_(state.mask_on(name, value))
         if not held:
             raise PruningError(
                 "the optimizer holds none of the masked parameters: was it made for another model (or for this "
@@ -193,7 +194,7 @@ class MaskBinding:
 
     def reapply(self) -> None:
         """Set the pruned weights (and their gradients) of the model to zero again."""
-        self._state().enforce(self.model, force=True)
+        self._state().enforce(self.model, force=True, grads=True)
 
     def remove(self) -> None:
         """Stop keeping the pruned weights at zero; the weights stay as they are now."""
@@ -223,7 +224,7 @@ def bind(model: nn.Module, masks: "Masks", optimizer: torch.optim.Optimizer | No
     handle = model.register_forward_pre_hook(_enforce_masks)
     state = _BindingState(masks, handle.id)
     model.__dict__[_ATTRIBUTE] = state
-    state.enforce(model, force=True)
+    state.enforce(model, force=True, grads=True)
     binding = MaskBinding(model)
     if optimizer is not None:
         binding.attach(optimizer)
