@@ -426,3 +426,32 @@ def test_structured_magnitude_scores_recurrent_units_and_conv1d_columns_by_their
     conv_groups = {g.producers[0]: g for g in channel_groups(block, x[:1])}
     conv_scores = channel_importance(block, "magnitude", None, list(conv_groups.values()))
     torch.testing.assert_close(conv_scores[conv_groups["c_fc"].index], block.c_fc.weight.detach().double().norm(dim=0))
+
+
+@pytest.mark.parametrize("method", ["grasp", "prospr", "crop"])
+def test_a_layer_without_a_second_derivative_is_a_clear_error_for_second_order_criteria(method):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Hardsigmoid(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    batch = (torch.randn(12, 6), torch.arange(12) % 3)
+    with pytest.raises(ep.PruningError, match="no derivative for aten::hardsigmoid_backward"):
+        ep.prune(model, method, 0.5, data=batch)
+    if method == "crop":
+        with pytest.raises(ep.PruningError, match="no derivative for aten::hardsigmoid_backward"):
+            ep.prune_channels(model, method, 0.5, data=batch)
+    assert ep.prune(model, "snip", 0.5, data=batch).kept() == round(0.5 * (48 + 64 + 24))  # first order works
+
+
+def test_channels_that_all_score_zero_are_an_error_not_an_arbitrary_selection():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3))
+    with torch.no_grad():
+        model[4].weight.zero_()  # a classifier initialised to zero (torchvision's ViT head): no gradient upstream
+    batch = (torch.randn(12, 6), torch.arange(12) % 3)
+    with pytest.raises(ep.PruningError, match="scored every weight 0"):
+        ep.prune_channels(model, "snip", 0.5, data=batch)
+    assert model[0].out_features == 16 and model[2].out_features == 12  # nothing was removed
+    with pytest.warns(RuntimeWarning, match="scored every weight 0"):
+        result = ep.prune_channels(model, "snip", 0.5, data=batch, on_zero_scores="warn")
+    assert result.params_after < result.params_before
+    with pytest.raises(ep.PruningError, match="on_zero_scores must be one of"):
+        ep.prune_channels(model, "snip", 0.5, data=batch, on_zero_scores="ignore")

@@ -140,9 +140,8 @@ class EarlyPruner:
         start = time.perf_counter()
         call = prune_channels if self.structured else prune
         options = dict(self.prune_options)
-        if not self.structured:
-            # Mid-training, weights that all score 0 (a network gone dead) warn instead of ending the run.
-            options.setdefault("on_zero_scores", "warn")
+        # Mid-training, weights or channels that all score 0 (a network gone dead) warn instead of ending the run.
+        options.setdefault("on_zero_scores", "warn")
         self.result = call(self.model, self.method, self.sparsity, self.data, optimizer=self.optimizer,
                            schedule=self.schedule, task=self.task, **options)
         seconds = time.perf_counter() - start

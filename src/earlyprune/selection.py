@@ -163,7 +163,8 @@ def check_not_all_zero(scores: Mapping[str, torch.Tensor], warn: bool = False) -
     message = ("the criterion scored every weight 0: the loss does not depend on these weights, so the "
                "selection would be arbitrary (check the task/loss: cross-entropy on one output is always 0; pass "
                "task='regression' for a model that predicts a number, or a loss_fn that fits the model; a "
-               "network whose units are all dead gives no gradient either)")
+               "network whose units are all dead, or a classifier initialised to zero (torchvision's ViT head), "
+               "gives no gradient either)")
     if warn:
         warnings.warn(message + "; the weights are selected by position", RuntimeWarning, stacklevel=3)
         return

@@ -4,6 +4,7 @@ function, check what it returned, and leave the model exactly as it was found.""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,7 +16,7 @@ from ..distributed import average_across_ranks
 from ..errors import PruningError
 from ..loss import LossFn, default_loss
 from ..model_state import isolated
-from .registry import resolve
+from .registry import registered, resolve
 from .spec import Criterion, Scoring, call_with_options
 
 
@@ -41,7 +42,7 @@ def compute_importance(
         if masks:
             _zero_pruned(params, masks)
         scoring = Scoring(model, params, data, loss_fn or default_loss, masks=masks or None, seed=seed)
-        importance = dict(call_with_options(criterion.importance, scoring, options))
+        importance = dict(_call(criterion, criterion.importance, scoring, options))
     _check_returned(criterion, importance, {n: p.shape for n, p in params.items()})
     if masks:
         importance = {n: _masked(importance[n], masks.get(n)) for n in params}
@@ -69,13 +70,7 @@ def compute_channel_importance(
     ``train`` overrides the criterion's scoring mode (True train, False eval).
     """
     criterion = resolve(method)
-    if criterion.channel_importance is None:
-        from .registry import registered
-
-        structured = [name for name, c in registered().items() if c.structured]
-        raise PruningError(
-            f"method {criterion.name!r} has no structured form; structured methods: {', '.join(structured)}"
-        )
+    require_structured(criterion)
     criterion.check_options(options)
     if criterion.needs_data and batches is None:
         raise PruningError(f"structured {criterion.name} needs data: pass batches of (inputs, targets) or a loader")
@@ -84,7 +79,7 @@ def compute_channel_importance(
     with isolated(model, train=mode, seed=seed):
         scoring = Scoring(model, {}, data, loss_fn or default_loss, masks=masks or None, seed=seed,
                           groups=list(groups))
-        scores = dict(call_with_options(criterion.channel_importance, scoring, options))
+        scores = dict(_call(criterion, criterion.channel_importance, scoring, options))
     for g in groups:
         score = scores.get(g.index)
         if not isinstance(score, torch.Tensor) or tuple(score.shape) != (g.size,):
@@ -94,6 +89,32 @@ def compute_channel_importance(
             )
     scores = {g.index: scores[g.index].detach().to(torch.float64).cpu() for g in groups}
     return average_across_ranks(scores) if criterion.needs_data else scores
+
+
+def require_structured(criterion: Criterion) -> None:
+    """A clear error, listing the structured methods, for a criterion without a channel-importance form."""
+    if not criterion.structured:
+        structured = [name for name, c in registered().items() if c.structured]
+        raise PruningError(
+            f"method {criterion.name!r} has no structured form; structured methods: {', '.join(structured)}"
+        )
+
+
+def _call(criterion: Criterion, fn: Any, scoring: Scoring, options: Mapping[str, Any]) -> Any:
+    """The criterion's function on ``scoring``; an operation of the model that autograd cannot
+    differentiate as the criterion needs (no second derivative for GraSP, ProsPr, CroP) is a clear error."""
+    try:
+        return call_with_options(fn, scoring, options)
+    except RuntimeError as exc:
+        match = re.search(r"derivative for (\S+) is not implemented", str(exc))
+        if match is None:
+            raise
+        raise PruningError(
+            f"criterion {criterion.name!r} differentiates the model's gradient (a second derivative), but "
+            f"PyTorch has no derivative for {match.group(1)}, which the model uses (e.g. a Hardsigmoid "
+            "activation); use a first-order criterion (snip, synflow, magnitude, random) or twice-"
+            "differentiable activations"
+        ) from exc
 
 
 def _data_for(criterion: Criterion, batches: Any) -> list | None:

@@ -11,13 +11,14 @@ import torch
 from torch import nn
 
 from ..batches import first_example, to_device
-from ..criteria import Criterion, registered, resolve
+from ..criteria import Criterion, resolve
+from ..criteria.compute import require_structured
 from ..distributed import unwrap
 from ..errors import PruningError
 from ..model_state import model_device, model_dtype
 from ..schedules import schedule_targets
 from ..scoring_data import scoring_batches
-from ..selection import check_sparsity
+from ..selection import ZERO_SCORE_POLICIES, check_not_all_zero, check_sparsity
 from ..tasks import get as get_task
 from ..tasks import scoring_loss
 from .groups import build_groups
@@ -98,6 +99,7 @@ def prune_channels(
     channel_multiple: int = 1,
     example_inputs: Any = None,
     train: bool | None = None,
+    on_zero_scores: str = "raise",
     **options: Any,
 ) -> ChannelPruneResult:
     """Remove a fraction ``sparsity`` of all prunable channels of ``model``, physically and in place.
@@ -119,6 +121,8 @@ def prune_channels(
         min_fraction: each group keeps at least this fraction of its channels (and at least one).
         channel_multiple: round every kept width up to a multiple of it (faster kernels).
         train: score in training (True) or eval (False) mode; default the criterion's.
+        on_zero_scores: every channel scoring exactly 0 (the loss does not reach them, e.g. through a
+            zero-initialised classifier) is an error (``"raise"``); ``"warn"`` selects by position.
         loss_fn, task: the scoring loss: the task's (a name from :func:`earlyprune.tasks.names` or a
             :class:`~earlyprune.tasks.Task`, default classification) unless ``loss_fn`` overrides it.
         **options: the criterion's own options.
@@ -127,14 +131,12 @@ def prune_channels(
     narrow afterwards.
     """
     _refuse_unstructured_settings(options)
+    if on_zero_scores not in ZERO_SCORE_POLICIES:
+        raise PruningError(f"on_zero_scores must be one of {ZERO_SCORE_POLICIES}, got {on_zero_scores!r}")
     sparsity = check_sparsity(sparsity)
     model = unwrap(model)
     criterion = resolve(method)
-    if not criterion.structured:
-        raise PruningError(
-            f"method {criterion.name!r} has no structured form; structured methods: "
-            f"{', '.join(n for n, c in registered().items() if c.structured)}"
-        )
+    require_structured(criterion)  # before tracing
     criterion.check_options(options)
     targets = schedule_targets(sparsity, criterion.schedule if schedule is None else schedule)
     task = get_task(task)
@@ -158,6 +160,7 @@ def prune_channels(
         relative = 1.0 - kept_target / current_total if current_total else 0.0
         importance = channel_importance(model, criterion, batches, plan.groups, loss_fn=loss_fn,
                                         seed=seed + round_index, train=train, **options)
+        check_not_all_zero({str(g): s.double() for g, s in importance.items()}, warn=on_zero_scores == "warn")
         keep = select_channels(importance, plan.groups, min(max(relative, 0.0), 1.0 - 1e-12),
                                min_fraction=min_fraction, multiple=channel_multiple)
         result = shrink(model, plan, keep, optimizer=optimizer)
