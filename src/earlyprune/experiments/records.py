@@ -1,4 +1,11 @@
-"""Result records as JSON lines, written atomically: a run killed halfway leaves earlier records intact."""
+"""Result records as JSON lines, written atomically: a run killed halfway leaves earlier records intact.
+
+:func:`append_record` adds one record (``earlyprune run --out``); :func:`merge_records` writes a set of
+records into a file that may hold others (``earlyprune report``'s ``results.jsonl``): the records already
+there are kept, one per run key, and a line that is not a JSON record (torn by an older version, edited
+by hand) is moved to ``<file>.unreadable`` rather than dropped. Both take turns on a lock file beside the
+JSON-lines file, so concurrent writers never lose each other's records.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from ..atomic import atomic_write
 
@@ -42,6 +49,54 @@ def _exclusive(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def merge_records(path: str | os.PathLike[str], records: Iterable[dict[str, Any]],
+                  key: str = "key") -> tuple[list[dict[str, Any]], int, int]:
+    """Write ``records`` into the JSON-lines file ``path`` without losing what it holds already.
+
+    The file's records stay, in their order, one per run ``key`` (the first of each; records without a
+    key all stay); a record of ``records`` replaces the one with its key in place, and the others follow.
+    Lines that are not JSON records are appended to ``<path>.unreadable``. Written atomically, under the
+    file's lock. Returns the merged records, how many came from the file only (not in ``records``), and
+    how many unreadable lines were moved aside."""
+    path = Path(path)
+    records = list(records)
+    new: dict[Any, dict[str, Any]] = {}
+    for record in records:
+        if record.get(key) is not None:
+            new.setdefault(record[key], record)
+    keyless_new = [r for r in records if r.get(key) is None]
+    with _exclusive(path):
+        kept: list[dict[str, Any]] = []
+        unreadable: list[bytes] = []
+        seen: set[Any] = set()
+        if path.exists():
+            for line in path.read_bytes().splitlines(keepends=True):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    record = None
+                if not isinstance(record, dict):
+                    unreadable.append(line if line.endswith(b"\n") else line + b"\n")
+                    continue
+                run = record.get(key)
+                if run is None:
+                    kept.append(record)
+                elif run not in seen:
+                    seen.add(run)
+                    kept.append(new.get(run, record))
+        from_file_only = sum(1 for r in kept if r.get(key) is None or r.get(key) not in new)
+        merged = kept + [r for run, r in new.items() if run not in seen] + keyless_new
+        if unreadable:
+            aside = path.with_name(path.name + ".unreadable")
+            old = aside.read_bytes() if aside.exists() else b""
+            atomic_write(aside, lambda f: f.write(old + b"".join(unreadable)))
+        text = b"".join(json.dumps(r, sort_keys=True, default=_jsonable).encode() + b"\n" for r in merged)
+        atomic_write(path, lambda f: f.write(text))
+    return merged, from_file_only, len(unreadable)
 
 
 def read_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:

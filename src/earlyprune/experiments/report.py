@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..atomic import atomic_write, atomic_write_text
 from .config import DENSE
 from .store import ResultsStore
 
@@ -556,18 +558,34 @@ def _thin_xticks(ax, renderer) -> None:
 
 
 def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> Path:
-    """Write ``report.md`` and the PNG plots for the store in ``results_dir``; print the tables."""
+    """Write ``report.md`` and the PNG plots for the store in ``results_dir``; print the tables.
+
+    Every file is written atomically. ``results.jsonl`` is merged, never overwritten: the records it
+    already holds (from ``earlyprune run --out``, another store) stay, one per run key, and the store's
+    runs are added or replace theirs; ``results.csv`` is written from the merged records. Runs that
+    measured nothing (``epochs = 0``) are exported but left out of the tables and plots."""
+    from .records import merge_records
+    from .store import write_csv
+
     results_dir = Path(results_dir)
-    if not (results_dir / "results.sqlite").exists():
-        raise FileNotFoundError(f"no results store in {results_dir} (expected {results_dir / 'results.sqlite'})")
     out = Path(out_dir) if out_dir else results_dir
-    out.mkdir(parents=True, exist_ok=True)
-    with ResultsStore(results_dir) as store:
+    with ResultsStore(results_dir, create=False) as store:
         records = list(store.records())
-        store.export_csv(out / "results.csv")
-        store.export_jsonl(out / "results.jsonl")
     if not records:
         raise FileNotFoundError(f"the results store in {results_dir} holds no finished runs yet")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file: give the folder for report.md and the plots")
+    out.mkdir(parents=True, exist_ok=True)
+    merged, elsewhere, unreadable = merge_records(out / "results.jsonl", records)
+    write_csv(out / "results.csv", merged)
+    if unreadable:
+        print(f"report: {unreadable} unreadable line(s) of {out / 'results.jsonl'} moved to "
+              f"{out / 'results.jsonl.unreadable'}", file=sys.stderr)
+    unmeasured = [r for r in records if _metric_value(r) is None]
+    records = [r for r in records if _metric_value(r) is not None]
+    if not records:
+        raise ValueError(f"the results store in {results_dir} holds only runs that measured nothing (epochs = 0, "
+                         f"{len(unmeasured)} run(s)): no table or plot to make; run with --epochs 1 or more")
     summary = summarise(records)
     tables = markdown_tables(summary)
     plot_accuracy_vs_remaining(summary, out / "accuracy_vs_sparsity.png")
@@ -581,10 +599,15 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
         plot_accuracy_vs(summary, "training_flops", "training compute: forward + backward ({unit})",
                          out / "accuracy_vs_training_flops.png")
         figures.append("accuracy_vs_training_flops.png")
-    text = f"# Results: {results_dir}\n\n{len(records)} runs.\n\n{tables}\n" + "".join(
+    notes = ""
+    if unmeasured:
+        notes += f"{len(unmeasured)} run(s) with epochs = 0 (nothing measured) are left out.\n\n"
+    if elsewhere:
+        notes += f"results.jsonl also holds {elsewhere} record(s) that are not in this store (kept from the file).\n\n"
+    text = f"# Results: {results_dir}\n\n{len(records)} runs.\n\n{notes}{tables}\n" + "".join(
         f"![{f}]({f})\n\n" for f in figures
     )
-    (out / "report.md").write_text(text)
+    atomic_write_text(out / "report.md", text)
     print(tables)
     print(f"report: {out / 'report.md'}")
     return out / "report.md"
@@ -600,7 +623,8 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> None:
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    """Save ``fig`` as a PNG at ``path``, atomically."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
     import matplotlib.pyplot as plt
 
     plt.close(fig)
