@@ -7,8 +7,9 @@ California Housing's ``housing.csv``). Nothing is ever downloaded implicitly.
 
 Every split is a :class:`~earlyprune.data.split.DatasetSplit` with a ``task``: ``"classification"``
 (the image sets, ``sst2``, ``trec``), ``"language_modelling"`` (``tinyshakespeare``) or ``"regression"``
-(``california-housing``); the readers of the non-image sets (``text``, ``chars``, ``tabular``) document
-their splits, vocabularies and standardisation.
+(``california-housing``); ``cartpole`` is gymnasium's CartPole-v1 environment (``"reinforcement_learning"``,
+no splits: :mod:`earlyprune.rl` trains an agent on it); the readers of the non-image sets (``text``,
+``chars``, ``tabular``) document their splits, vocabularies and standardisation.
 """
 
 from __future__ import annotations
@@ -77,6 +78,10 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("california-housing", 1, (), (), False, ("california-housing", "california_housing", "housing"),
                     "https://github.com/ageron/handson-ml2 (datasets/housing/housing.csv)",
                     task="regression", locate=locate_housing),
+        # an environment, not files: `earlyprune run` trains an agent on it (earlyprune.rl)
+        DatasetSpec("cartpole", 2, (), (), False, (),
+                    "gymnasium's CartPole-v1 (pip install earlyprune[rl]); nothing to download",
+                    task="reinforcement_learning"),
     ]
 }
 
@@ -98,6 +103,9 @@ def load_splits(name: str, data_dir: str | os.PathLike[str] | None = None,
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     spec = DATASETS[key]
+    if spec.task == "reinforcement_learning":
+        raise ValueError(f"{spec.name!r} is an environment ({spec.url}), not a dataset with splits: train an agent "
+                         "on it with earlyprune.rl (earlyprune run --dataset cartpole --model dqn-mlp)")
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     if spec.locate is not None:
         return _locate_and_read(spec, data_dir, cache)

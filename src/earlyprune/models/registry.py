@@ -9,7 +9,8 @@ are attributes of theirs.
 
 Kinds of input (``ModelSpec.inputs``): ``"image"`` (the LeNets, VGG, ResNets; what :func:`names` lists
 by default, as before), ``"tokens"`` (``textcnn``, ``transformer-encoder``, ``lstm-lm``, ``gpt-mini``) and
-``"features"`` (``mlp-regressor``).
+``"features"`` (``mlp-regressor``) and ``"observations"`` (``dqn-mlp``, a Q-network for reinforcement
+learning).
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from torch import nn
 from .init import initialize
 from .language import GPTMini, LSTMLanguageModel
 from .lenet import LeNet5Caffe, LeNet300100
+from .qnetwork import QNetworkMLP
 from .resnet18 import resnet18
 from .resnet_cifar import resnet20, resnet32, resnet44, resnet56
 from .tabular import MLPRegressor
 from .text import TextCNN, TransformerEncoderClassifier
 from .vgg import vgg11, vgg16, vgg19
 
-INPUT_KINDS = ("image", "tokens", "features")
+INPUT_KINDS = ("image", "tokens", "features", "observations")
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,8 @@ class ModelSpec:
     input_shape: tuple[int, ...]  # (C, H, W) images; the default (seq_len,) or (F,) otherwise
     dataset: str  # the dataset the papers use it with
     paper: str
-    inputs: str = "image"  # "image", "tokens" or "features"
-    task: str = "classification"  # or "language_modelling", "regression"
+    inputs: str = "image"  # "image", "tokens", "features" or "observations"
+    task: str = "classification"  # or "language_modelling", "regression", "reinforcement_learning"
 
 
 _MNIST, _CIFAR = (1, 28, 28), (3, 32, 32)
@@ -74,6 +76,9 @@ _SPECS = [
     ModelSpec("mlp-regressor", MLPRegressor, "kaiming", (13,), "california-housing",
               "MLP 128-64-1 for tabular regression (Géron, Hands-On ML ch. 10)", inputs="features",
               task="regression"),
+    ModelSpec("dqn-mlp", QNetworkMLP, "default", (4,), "cartpole",
+              "DQN Q-network MLP 256-256 (Mnih et al. 2015; RL Baselines3 Zoo's CartPole-v1 DQN)",
+              inputs="observations", task="reinforcement_learning"),
 ]
 
 MODELS: Mapping[str, ModelSpec] = MappingProxyType({spec.name: spec for spec in _SPECS})
@@ -101,6 +106,8 @@ ALIASES: Mapping[str, str] = MappingProxyType({
     "gpt_mini": "gpt-mini",
     "mlp": "mlp-regressor",
     "mlp_regressor": "mlp-regressor",
+    "dqn": "dqn-mlp",
+    "dqn_mlp": "dqn-mlp",
 })
 
 
@@ -193,7 +200,8 @@ def create(
     else:
         for key, value in (("in_channels", in_channels), ("input_size", input_size)):
             if value is not None:
-                sizing = "vocab_size and seq_len" if model_spec.inputs == "tokens" else "in_features"
+                sizing = {"tokens": "vocab_size and seq_len", "observations": "obs_dim"}.get(model_spec.inputs,
+                                                                                             "in_features")
                 raise ValueError(f"model {model_spec.name!r} takes {model_spec.inputs}, not images: it has no "
                                  f"{key} (size it with {sizing})")
     taken = [p for p in inspect.signature(model_spec.builder).parameters
