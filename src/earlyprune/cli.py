@@ -155,7 +155,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .experiments.sweep import run_sweep
 
     return run_sweep(args.config, results_dir=args.results, jobs=args.jobs, dry_run=args.dry_run,
-                     data_dir=args.data_dir, device=args.device)
+                     data_dir=args.data_dir, device=args.device, executor=args.executor, address=args.address,
+                     num_cpus=args.num_cpus, num_gpus=args.num_gpus, shard=args.shard)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -197,6 +198,20 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true", help="list the cells that would run")
     sweep.add_argument("--data-dir", default=None)
     sweep.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available; default)")
+    sweep.add_argument("--executor", default="local", choices=("local", "ray"),
+                       help="where the cells run: local processes, or Ray tasks (pip install 'earlyprune[ray]'); "
+                            "this process alone writes the store either way (docs/cluster.md)")
+    sweep.add_argument("--address", default=None, metavar="HOST:PORT",
+                       help="the Ray cluster to use (ray start --head's address, or auto); default: $RAY_ADDRESS, "
+                            "else a Ray instance started on this machine")
+    sweep.add_argument("--num-cpus", type=float, default=None,
+                       help="CPUs (and torch threads) per cell (default: [resources] num_cpus; else the cores "
+                            "shared among --jobs, one per Ray task)")
+    sweep.add_argument("--num-gpus", type=float, default=None,
+                       help="GPUs per Ray task, fractions allowed (default: [resources] num_gpus, else 0)")
+    sweep.add_argument("--shard", default=None, metavar="K/N",
+                       help="run only the K-th (from 0) of N disjoint slices of the grid, into RESULTS/shard-K-of-N "
+                            "(job arrays: --shard $SLURM_ARRAY_TASK_ID/N); earlyprune report RESULTS merges them")
     sweep.set_defaults(func=cmd_sweep)
 
     rep = sub.add_parser("report", help="tables and plots of a results directory")

@@ -20,6 +20,10 @@ The config::
     [options]                             # optional: the criterion's options, for every cell but dense
     temperature = 100                     # (each must be an option of every method of the grid)
 
+    [resources]                           # optional: what each cell asks for (flags override)
+    num_cpus = 1                          # CPUs per cell, also its torch threads
+    num_gpus = 0                          # GPUs per cell (--executor ray; fractions share a GPU)
+
 Each cell is identified by the hash of its settings: finished cells are skipped, so a sweep stopped at
 any moment (SIGKILL included) resumes where it stopped, and nothing is stored twice.
 
@@ -27,7 +31,9 @@ Every value is checked when the file is read (errors name the line and the key),
 cells to run are located before anything runs. A cell that fails is reported and recorded as failed in
 the store, the others still run, and the sweep ends with a non-zero exit code; failed cells run again
 on the next invocation. With ``--jobs N`` the workers end as soon as the sweep process dies, however it
-dies (SIGKILL included).
+dies (SIGKILL included). Where the cells run (this process, local workers, a Ray cluster) is the
+executor's business (:mod:`.executors`); this process alone writes the store. ``--shard K/N`` runs one of
+N disjoint slices of the grid, for job arrays (:mod:`.shards`).
 """
 
 from __future__ import annotations
@@ -35,18 +41,16 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import signal
 import sys
-import threading
-import time
-import traceback
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 from ..errors import PruningError
 from .config import DENSE, RunConfig, check_options, check_setting, setting_names
+from .executors import CellJob, Started, load_resources, make_executor
+from .shards import Shard, parse_shard
 from .store import ResultsStore
+from .sweep_progress import SweepProgress
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -73,10 +77,10 @@ def load_sweep(path: str | Path) -> tuple[list[RunConfig], str | None]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    unknown = sorted(set(data) - {"results", "recipe", "grid", "options"})
+    unknown = sorted(set(data) - {"results", "recipe", "grid", "options", "resources"})
     if unknown:
         raise ConfigError(_where(path, text, unknown[0], f"unknown section or key {unknown[0]!r}; "
-                                 "expected 'results', [recipe], [grid] and [options]"))
+                                 "expected 'results', [recipe], [grid], [options] and [resources]"))
     results = data.get("results")
     if results is not None and (not isinstance(results, str) or not results.strip()):
         raise ConfigError(_where(path, text, "results", f"results must be a directory name (a string), "
@@ -192,16 +196,12 @@ def check_datasets(names: list[str], data_dir: str | None = None) -> None:
             registry._locate_and_read(spec, data_dir, cache)
 
 
-def _run_cell(config: RunConfig, results_dir: str, data_dir: str | None, threads: int,
-              device: str | None = None) -> tuple[str, float | None]:
-    from .run import run_experiment
-
-    record = run_experiment(config, data_dir=data_dir, progress=False, threads=threads, device=device)
-    with ResultsStore(results_dir) as store:
-        store.add(record)
-    if record.get("final_accuracy") is not None or record.get("final_metric") is None:
-        return config.key(), record.get("final_accuracy")
-    return config.key(), f"{record.get('metric_name', 'metric')} {record['final_metric']:.4g}"
+def _result_text(record: dict[str, Any]) -> str:
+    """A finished cell's result as its progress line shows it: the accuracy, else the task's metric."""
+    accuracy = record.get("final_accuracy")
+    if accuracy is not None or record.get("final_metric") is None:
+        return f"{accuracy:.2%}" if accuracy is not None else "-"
+    return f"{record.get('metric_name', 'metric')} {record['final_metric']:.4g}"
 
 
 def _describe(cell: RunConfig) -> str:
@@ -212,10 +212,19 @@ def _describe(cell: RunConfig) -> str:
 
 
 def run_sweep(config_path: str | Path, results_dir: str | None = None, jobs: int = 1, dry_run: bool = False,
-              data_dir: str | None = None, device: str | None = None) -> int:
+              data_dir: str | None = None, device: str | None = None, executor: str = "local",
+              address: str | None = None, num_cpus: float | None = None, num_gpus: float | None = None,
+              shard: str | Shard | None = None) -> int:
     """Run every cell of the sweep not yet in the store; returns a process exit code: 0 when every cell
     is finished, 1 when some failed (each is reported on stderr and recorded in the store as failed, so
     the next invocation runs it again).
+
+    ``executor`` is where the cells run (:mod:`.executors`): ``"local"`` (this process, or ``jobs`` worker
+    processes) or ``"ray"`` (Ray tasks on the cluster at ``address``, or on a Ray instance started here).
+    Either way this process alone writes the store. ``num_cpus``/``num_gpus`` override the sweep file's
+    ``[resources]``: what each cell asks for (its CPUs are also its torch threads). ``shard`` (``"K/N"``)
+    runs only the K-th of N disjoint slices of the grid (:mod:`.shards`), with its own store in
+    ``RESULTS/shard-K-of-N``.
 
     ``device`` is passed to every cell (see :func:`.run.run_experiment`); with ``jobs > 1`` on one GPU the
     workers share it."""
@@ -223,6 +232,16 @@ def run_sweep(config_path: str | Path, results_dir: str | None = None, jobs: int
     results = results_dir or configured
     if not results:
         raise ConfigError(f"{config_path}: no results directory: set `results = ...` or pass --results")
+    resources = load_resources(config_path, num_cpus=num_cpus, num_gpus=num_gpus)
+    if shard is not None:
+        shard = parse_shard(shard) if isinstance(shard, str) else shard
+        grid_size = len(cells)
+        cells = shard.select(cells)
+        results = shard.results_dir(results)
+        print(f"shard {shard}: {len(cells)} of the grid's {grid_size} cells")
+    default_threads = max(1, (os.cpu_count() or 1) // max(1, jobs)) if executor == "local" else 1
+    job = CellJob(data_dir=data_dir, threads=resources.threads(default_threads), device=device)
+    runner = make_executor(executor, job, jobs=jobs, resources=resources, address=address)
     with ResultsStore(results) as store:
         done = store.keys()
         failed_before = store.failures()
@@ -238,190 +257,27 @@ def run_sweep(config_path: str | Path, results_dir: str | None = None, jobs: int
         return 0
     if not pending:
         return 0
-    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
-    started = time.perf_counter()
+    progress = SweepProgress(len(pending))
     failures = 0
-    finished = 0
-
-    def outcome(cell: RunConfig, accuracy: float | None, error: str | None, trace: str | None) -> None:
-        nonlocal failures, finished
-        finished += 1
-        if error is None:
-            _progress(finished, len(pending), cell, accuracy, started)
-            return
-        failures += 1
-        print(f"[{finished}/{len(pending)}] cell {cell.key()} FAILED ({_describe(cell)}): {error}",
-              file=sys.stderr, flush=True)
-        with ResultsStore(results) as store:
-            store.add_failure(cell.key(), cell.as_dict(), error, trace)
-
-    if jobs <= 1:
-        for cell in pending:
-            try:
-                _, accuracy = _run_cell(cell, results, data_dir, threads, device)
-            except Exception as exc:  # noqa: BLE001 - one cell's failure must not stop the others
-                outcome(cell, None, _error_text(exc), traceback.format_exc())
+    try:
+        for event in runner.run(pending):
+            cell = event.cell
+            if isinstance(event, Started):
+                progress.cell_started(cell)
+            elif event.ok:
+                assert event.record is not None
+                with ResultsStore(results) as store:
+                    store.add(event.record)
+                progress.cell_finished(cell, _result_text(event.record))
             else:
-                outcome(cell, accuracy, None, None)
-    else:
-        _run_parallel(pending, jobs, (results, data_dir, threads, device), outcome)
+                failures += 1
+                progress.cell_failed(cell, _describe(cell), str(event.error))
+                with ResultsStore(results) as store:
+                    store.add_failure(cell.key(), cell.as_dict(), str(event.error), event.traceback)
+    finally:
+        progress.close()
     if failures:
         print(f"earlyprune sweep: {failures} of {len(pending)} cells failed (recorded in {results}; they run "
               "again on the next `earlyprune sweep`)", file=sys.stderr, flush=True)
         return 1
     return 0
-
-
-def _error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-# --- parallel cells: one process per worker, one cell at a time, ending with the sweep process -----------
-
-
-class _Worker:
-    """A worker process and its end of the pipe. It holds at most the one cell it runs: the cells not yet
-    started stay with the sweep process, so nothing is left to run if that dies."""
-
-    def __init__(self, ctx: Any, common: tuple) -> None:
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(child, os.getpid(), common), daemon=True,
-                                   name="earlyprune-sweep-worker")
-        self.process.start()
-        child.close()
-        self.cell: RunConfig | None = None
-
-    def give(self, cell: RunConfig | None) -> None:
-        self.cell = cell
-        try:
-            self.conn.send(cell)  # None: no more cells, exit
-        except OSError:  # it died meanwhile: seen as a death by the caller's next wait
-            pass
-
-    def stop(self) -> None:
-        if self.process.is_alive():
-            self.process.terminate()
-        self.process.join(5)
-        if self.process.is_alive():  # pragma: no cover - terminate is not refused by our workers
-            self.process.kill()
-            self.process.join()
-        self.conn.close()
-
-
-def _run_parallel(pending: list[RunConfig], jobs: int, common: tuple, outcome) -> None:
-    import multiprocessing
-    from multiprocessing.connection import wait
-
-    ctx = multiprocessing.get_context("spawn")
-    queue = deque(pending)
-    workers: list[_Worker] = []
-    starts_left = len(pending) + jobs  # replacements of dead workers, bounded
-    try:
-        for _ in range(min(jobs, len(queue))):
-            workers.append(_Worker(ctx, common))
-            starts_left -= 1
-            workers[-1].give(queue.popleft())
-        while any(w.cell is not None for w in workers):
-            busy = [w for w in workers if w.cell is not None]
-            wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
-            for worker in busy:
-                message = None
-                if worker.conn.poll():
-                    try:
-                        message = worker.conn.recv()
-                    except (EOFError, OSError):
-                        message = None
-                elif worker.process.is_alive():
-                    continue  # still running its cell
-                cell = worker.cell
-                assert cell is not None
-                if message is not None:
-                    status, value, trace = message
-                    if status == "ok":
-                        outcome(cell, value, None, None)
-                    else:
-                        outcome(cell, None, value, trace)
-                    worker.give(queue.popleft() if queue else None)
-                    continue
-                # the worker died in the middle of its cell (killed, out of memory, a crash in C code)
-                worker.process.join(5)
-                outcome(cell, None, f"the worker process died while running the cell (exit code "
-                                    f"{worker.process.exitcode})", None)
-                worker.cell = None
-                worker.stop()
-                workers.remove(worker)
-                if queue and starts_left > 0:
-                    replacement = _Worker(ctx, common)
-                    starts_left -= 1
-                    workers.append(replacement)
-                    replacement.give(queue.popleft())
-        for cell in queue:  # only if workers kept dying before running anything
-            outcome(cell, None, "not run: worker processes kept dying", None)
-        for worker in workers:
-            worker.process.join(30)
-    finally:
-        for worker in workers:
-            worker.stop()
-
-
-def _worker_main(conn: Any, parent_pid: int, common: tuple) -> None:
-    """A worker: run the cells the sweep process sends, one at a time, until it sends None or dies."""
-    results, data_dir, threads, device = common
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the sweep process stops its workers itself
-    _end_with_parent(parent_pid)
-    while True:
-        try:
-            cell = conn.recv()  # EOFError as soon as the sweep process is gone
-        except (EOFError, OSError, KeyboardInterrupt):
-            os._exit(1)
-        if cell is None:
-            return
-        try:
-            _, accuracy = _run_cell(cell, results, data_dir, threads, device)
-            answer = ("ok", accuracy, None)
-        except Exception as exc:  # noqa: BLE001 - reported to the sweep process, which goes on
-            answer = ("failed", _error_text(exc), traceback.format_exc())
-        if os.getppid() != parent_pid:
-            os._exit(1)
-        try:
-            conn.send(answer)
-        except (OSError, EOFError):
-            os._exit(1)
-
-
-def _end_with_parent(parent_pid: int) -> None:
-    """Make this process end as soon as the process ``parent_pid`` that started it dies, even in the
-    middle of a cell: on Linux the kernel kills it (PR_SET_PDEATHSIG); everywhere a watchdog thread
-    waits on the parent's death (multiprocessing's parent sentinel, else polling the parent pid)."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            pr_set_pdeathsig = 1
-            libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
-        except (OSError, AttributeError):  # pragma: no cover - no prctl: the watchdog below remains
-            pass
-    if os.getppid() != parent_pid:  # it died before prctl took effect
-        os._exit(1)
-
-    def watch() -> None:
-        import multiprocessing
-
-        parent = multiprocessing.parent_process()
-        while True:
-            if parent is not None:
-                parent.join(1.0)  # returns at once when the parent is gone
-            else:  # pragma: no cover
-                time.sleep(1.0)
-            if os.getppid() != parent_pid or (parent is not None and not parent.is_alive()):
-                os._exit(1)
-
-    threading.Thread(target=watch, name="earlyprune-parent-watch", daemon=True).start()
-
-
-def _progress(index: int, total: int, cell: RunConfig, accuracy: float | None, started: float) -> None:
-    acc = accuracy if isinstance(accuracy, str) else f"{accuracy:.2%}" if accuracy is not None else "-"
-    print(f"[{index}/{total}] {cell.network.model} {cell.pruning.method} s={cell.pruning.sparsity} "
-          f"seed={cell.seed}: {acc} "
-          f"({time.perf_counter() - started:.0f}s)", flush=True)
