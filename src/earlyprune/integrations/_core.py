@@ -21,6 +21,8 @@ The optimizers the framework built keep training the model:
 
 from __future__ import annotations
 
+import itertools
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -35,7 +37,6 @@ from ..errors import PruningError
 from ..masking import binding as mask_binding
 from ..metrics import report
 from ..pruning import prune
-from ..scoring_data import first_batches
 from ..selection import check_sparsity
 from ..structured import prune_channels
 from ..structured.surgery import _slice_optimizer
@@ -49,8 +50,9 @@ BatchFn = Callable[[Any], tuple[Any, torch.Tensor]]
 
 def plain_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     """The torch optimizer inside a framework's wrapper (accelerate's ``AcceleratedOptimizer``,
-    Lightning's ``LightningOptimizer``): both keep it as ``.optimizer``."""
-    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
+    Lightning's ``LightningOptimizer``): both keep it as ``.optimizer``; accelerate's subclasses
+    ``torch.optim.Optimizer`` yet steps the inner one, where step hooks must go."""
+    while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):  # a wrapper (even a subclass)
         optimizer = optimizer.optimizer
     return optimizer
 
@@ -188,19 +190,21 @@ class TrainingPruner:
 
     # ----- internals -----------------------------------------------------------------------------
     def _scoring_batches(self, train_batches: Callable[[], Iterable[Any]], batch_fn: BatchFn | None) -> list:
-        if self.data is not None:
-            source = self.data
-            if isinstance(source, (list, tuple)) and len(source) == 2 and isinstance(source[1], torch.Tensor):
-                source = [source]  # one (inputs, targets) batch
-            batches = first_batches(source, len(source)) if isinstance(source, (list, tuple)) else \
-                first_batches(source, self.score_batches)
+        """``data`` as given (one batch, a list of batches, or the first ``score_batches`` of a loader), else the
+        first ``score_batches`` of the training dataloader; each through ``batch_fn`` and checked."""
+        source = self.data if self.data is not None else train_batches()
+        if source is None:
+            raise PruningError("no training dataloader to score with: pass data=(inputs, targets) batches")
+        if isinstance(source, (list, tuple)) and len(source) == 2 and isinstance(source[1], torch.Tensor):
+            batches = [source]  # one (inputs, targets) batch
+        elif isinstance(source, (list, tuple)):
+            batches = list(source)
         else:
-            loader = train_batches()
-            if loader is None:
-                raise PruningError("no training dataloader to score with: pass data=(inputs, targets) batches")
-            batches = first_batches(loader, self.score_batches)
+            batches = list(itertools.islice(iter(source), self.score_batches))
         if batch_fn is not None:
             batches = [batch_fn(b) for b in batches]
+        if not batches:
+            raise PruningError("the scoring data is empty: the training dataloader gave no batch")
         checked = []
         for i, batch in enumerate(batches):
             if not (isinstance(batch, (list, tuple)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor)):
@@ -212,8 +216,6 @@ class TrainingPruner:
         return checked
 
     def _prune_at_init(self, model: nn.Module, optimizers: list[torch.optim.Optimizer]) -> TrainingEvent:
-        import time
-
         example = first_example(self._batches[0][0])
         before_report = report(model, example_inputs=example)
         before = dict(model.named_parameters())
