@@ -92,6 +92,23 @@ class Masks(Mapping[str, torch.Tensor]):
             raise PruningError(NO_PRUNABLE)
         return cls({n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()})
 
+    @classmethod
+    def from_torch_prune(cls, model: nn.Module) -> "Masks":
+        """The masks of a model pruned with ``torch.nn.utils.prune`` (``weight_orig``/``weight_mask``) or
+        ``torch.ao.pruning`` (``FakeSparsity``), under the plain parameter names; the model is made plain
+        (``weight`` a Parameter again, holding ``orig * mask``). ``masks.apply(model)`` then keeps it pruned.
+        See :mod:`earlyprune.torch_prune`."""
+        from .torch_prune import masks_from_torch
+
+        return cls(masks_from_torch(model), info={"source": "torch pruning"})
+
+    def to_torch_prune(self, model: nn.Module) -> nn.Module:
+        """Put these masks on ``model`` in ``torch.nn.utils.prune``'s form (``<name>_orig`` and ``<name>_mask``,
+        ``prune.custom_from_mask``), replacing earlyprune's binding if there is one; returns the model."""
+        from .torch_prune import to_torch_prune
+
+        return to_torch_prune(model, self._masks)
+
     # ----- statistics ----------------------------------------------------------------------------
     def layer_stats(self) -> list[LayerStats]:
         """Kept and total counts per masked parameter."""

@@ -16,6 +16,8 @@ from typing import Iterable
 
 from torch import nn
 
+from .torch_prune import refuse_torch_pruned
+
 #: Layer types whose ``weight`` is prunable by default (the layers with a dense matrix product).
 DEFAULT_PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -94,6 +96,7 @@ def prunable_parameters(
     prunable unless that layer is included. With ``warn``, a model whose prunable weights are under half of
     its parameters gets a warning naming the largest parameters left out and how to include them.
     """
+    refuse_torch_pruned(model)  # its weights are not Parameters: it would look as if it had no prunable layers
     include = list(include) + list(include_types)
     included_types = tuple(e for e in include if isinstance(e, type))
     included_names = {e for e in include if isinstance(e, str)}
