@@ -177,8 +177,8 @@ def create(
             that size a model for a split.
 
     Returns:
-        The model, with attributes ``input_shape``, ``input_dtype``, ``task``, ``default_dataset`` and
-        ``arch`` (the canonical name).
+        The model, with attributes ``input_shape``, ``input_dtype``, ``task``, ``default_dataset``,
+        ``arch`` (the canonical name) and ``create_arguments`` (what built it, for reloading it shrunk).
     """
     model_spec = spec(name)
     options = {k: v for k, v in options.items() if v is not None}
@@ -214,6 +214,8 @@ def create(
     model.default_dataset = model_spec.dataset
     model.arch = model_spec.name
     model.task = model_spec.task
+    # how to build it again at full width (earlyprune.structured.saving rebuilds a shrunk model from it)
+    model.create_arguments = {"name": model_spec.name, **kwargs, **options}
     if not hasattr(model, "input_dtype"):
         model.input_dtype = torch.float32
     return initialize(model, init or model_spec.init)
