@@ -17,12 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import presets
 from .batches import first_example, is_batch
 from .criteria import Criterion, resolve
 from .distributed import broadcast_decision, unwrap
 from .errors import PruningError
 from .metrics import report
-from .prunable import prunable_parameters
 from .pruning import prune
 from .selection import check_sparsity
 from .structured import prune_channels
@@ -69,6 +69,10 @@ class EarlyPruner:
             ``"exponential"`` for one shot (or ``iterations`` rounds of d^(i/n), unstructured only).
         task: the task whose loss the criterion scores with (``"classification"``, ``"regression"``,
             ``"language_modelling"`` or a :class:`~earlyprune.tasks.Task`; ``loss_fn=`` overrides it).
+        preset: ``"paper"`` (default) or ``"official"``: the criterion scores as its official code does
+            (:mod:`earlyprune.presets`; for crop: eval mode, 5 batches, strict ``>``, the schedule from 0.25
+            for targets <= 0.5) and the trigger measures every parameter (biases, BatchNorm) instead of the
+            prunable weights, as EarlyCroP's ``DefaultTrainer`` does.
         **prune_options: passed to :func:`earlyprune.prune` (scope, loss_fn, criterion options, ...) or, with
             ``structured=True``, to :func:`earlyprune.prune_channels`.
     """
@@ -87,6 +91,7 @@ class EarlyPruner:
         relative_threshold: float = DEFAULT_RELATIVE_THRESHOLD,
         schedule: Any = "crop-it",
         task: Any = "classification",
+        preset: str = presets.DEFAULT_PRESET,
         **prune_options: Any,
     ):
         self.sparsity = check_sparsity(sparsity)
@@ -105,8 +110,9 @@ class EarlyPruner:
         self.schedule = schedule
         self.task = get_task(task)  # an unknown task is refused now too
         self.prune_options = prune_options
+        self.preset = presets.check_preset(preset)
         self.trigger = WeightDistanceTrigger(relative_threshold=relative_threshold, cap_epoch=cap_epoch)
-        self.distance = WeightDistance(prunable_parameters(model))
+        self.distance = WeightDistance(presets.trigger_parameters(model, preset))
         self.epoch = 0
         self.event: PruneEvent | None = None
         self.result: Any = None  # the Masks (unstructured) or the ChannelPruneResult (structured)
@@ -143,7 +149,7 @@ class EarlyPruner:
         # Mid-training, weights or channels that all score 0 (a network gone dead) warn instead of ending the run.
         options.setdefault("on_zero_scores", "warn")
         self.result = call(self.model, self.method, self.sparsity, self.data, optimizer=self.optimizer,
-                           schedule=self.schedule, task=self.task, **options)
+                           schedule=self.schedule, task=self.task, preset=self.preset, **options)
         seconds = time.perf_counter() - start
         after = report(self.model, example_inputs=example)
         self.event = PruneEvent(

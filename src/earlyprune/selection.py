@@ -9,6 +9,17 @@ Two selection rules:
   ``k = floor(sparsity * N)``, prune every weight whose score is ``<=`` the k-th smallest score. With ties
   at the threshold it prunes more than asked; use it to reproduce published numbers exactly.
 
+Three more rules reproduce other official implementations' counts (``preset="official"`` picks them;
+:mod:`earlyprune.presets`):
+
+* ``"grasp"`` (alecwangcq/GraSP): with ``k = int(sparsity * N)``, keep every weight whose importance is
+  ``>=`` the k-th smallest (the official code keeps ``−score <=`` the k-th largest): one weight more
+  than asked, more on ties;
+* ``"earlycrop"`` (the EarlyCroP repository's SNIP/CroP ``handle_pruning``): with
+  ``n = int(N * (1 - sparsity))`` (at least 1), keep every weight scoring strictly ``>`` the n-th
+  largest: ``n − 1`` without ties;
+* ``"prospr"`` (mil-ad/prospr): keep exactly ``ceil(N * (1 - sparsity))``, the most important.
+
 Weights already pruned (``current`` masks) stay pruned: their importance is treated as −∞.
 
 Degenerate results are loud, here for every caller: NaN or infinite importance is an error, and so is an
@@ -40,7 +51,7 @@ import torch
 from .errors import LayerCollapseError, PruningError
 
 SCOPES = ("global", "layer")
-RULES = ("topk", "official")
+RULES = ("topk", "official", "grasp", "earlycrop", "prospr")
 COLLAPSE_POLICIES = ("warn", "guard", "raise", "keep_min", "allow")
 ZERO_SCORE_POLICIES = ("raise", "warn")
 
@@ -106,10 +117,10 @@ def select(
         raise PruningError(f"rule must be one of {RULES}, got {rule!r}")
     if on_collapse not in COLLAPSE_POLICIES:
         raise PruningError(f"on_collapse must be one of {COLLAPSE_POLICIES}, got {on_collapse!r}")
-    if on_collapse == "keep_min" and rule == "official":
+    if on_collapse == "keep_min" and rule != "topk":
         raise PruningError(
-            "on_collapse='keep_min' needs rule='topk': the official threshold rule cannot reserve a minimum "
-            "per layer; use rule='topk', or on_collapse='warn'/'raise' with the official rule"
+            f"on_collapse='keep_min' needs rule='topk': the {rule!r} rule cannot reserve a minimum "
+            f"per layer; use rule='topk', or on_collapse='warn'/'raise' with the {rule!r} rule"
         )
     if not importance:
         raise PruningError("nothing to prune: the importance is empty (no prunable parameters)")
@@ -198,7 +209,9 @@ def _select_group(
     flat = torch.cat([scores[n] for n in names])
     total = flat.numel()
     keep = torch.zeros(total, dtype=torch.bool)
-    if rule == "official":
+    if rule in _THRESHOLD_RULES:
+        keep = _THRESHOLD_RULES[rule](flat, sparsity)
+    elif rule == "official":
         k = int((sparsity) * total)  # the SynFlow code's k = int((1 - density) * N)
         if k < 1:
             keep[:] = True
@@ -206,7 +219,7 @@ def _select_group(
             threshold = torch.kthvalue(flat, k).values
             keep = flat > threshold
     else:
-        n_keep = round((1.0 - sparsity) * total)
+        n_keep = math.ceil(total * (1.0 - sparsity)) if rule == "prospr" else round((1.0 - sparsity) * total)
         forced = _forced_minimum(scores, names, sizes, min_per_layer)
         keep[forced] = True
         remaining = n_keep - int(keep.sum())
@@ -223,6 +236,25 @@ def _select_group(
     # Weights pruned before stay pruned, whatever the rule did with their -inf score.
     keep &= flat > -math.inf
     return {n: part for n, part in zip(names, keep.split(sizes))}
+
+
+def _keep_at_or_above_kth_smallest(flat: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """GraSP's official rule: k = int(N * (1 - keep_ratio)) as its code computes it, keep every score >= the
+    k-th smallest (all of them for k < 1, where the official code has no threshold)."""
+    k = int(flat.numel() * (1 - (1 - sparsity)))
+    if k < 1:
+        return torch.ones_like(flat, dtype=torch.bool)
+    return flat >= torch.kthvalue(flat, k).values
+
+
+def _keep_above_nth_largest(flat: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """The EarlyCroP repository's rule: n = int(N * (1 - s)) clipped to [1, N], keep scores > the n-th largest."""
+    total = flat.numel()
+    n = min(max(int(total * (1 - sparsity)), 1), total)
+    return flat > torch.kthvalue(flat, total - n + 1).values
+
+
+_THRESHOLD_RULES = {"grasp": _keep_at_or_above_kth_smallest, "earlycrop": _keep_above_nth_largest}
 
 
 def _forced_minimum(

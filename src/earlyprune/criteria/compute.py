@@ -28,17 +28,18 @@ def compute_importance(
     masks: Mapping[str, torch.Tensor] | None = None,
     loss_fn: LossFn | None = None,
     seed: int = 0,
+    train: bool | None = None,
     **options: Any,
 ) -> dict[str, torch.Tensor]:
     """``{name: importance}`` of ``method`` for ``params`` of ``model``, leaving the model untouched.
 
     Under ``masks`` the masked network is scored (pruned weights are zero in the forward pass too) and
-    pruned weights score 0.
+    pruned weights score 0. ``train`` overrides the criterion's scoring mode (True train, False eval).
     """
     criterion = resolve(method)
     criterion.check_options(options)
     data = _data_for(criterion, batches)
-    with isolated(model, train=criterion.train, seed=seed):
+    with isolated(model, train=criterion.train if train is None else train, seed=seed):
         if masks:
             _zero_pruned(params, masks)
         scoring = Scoring(model, params, data, loss_fn or default_loss, masks=masks or None, seed=seed)

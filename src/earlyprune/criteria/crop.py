@@ -27,6 +27,7 @@ from ..loss import batch_loss
 from ..prunable import prunable_parameters
 from ..structured.gates import channel_gates
 from ._autograd import accumulate_gate_grads, hessian_gradient_product, loss_gradient
+from .official import Official, earlycrop_schedule
 from .spec import Criterion, Scoring
 
 _WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
@@ -93,6 +94,16 @@ CROP = Criterion(
     "crop", paper="Rachwan et al., EarlyCroP, ICML 2022",
     summary="abs(θ ⊙ Hg) under the current mask, gradient-flow preservation",
     importance=crop_importance, channel_importance=crop_channel_importance,
+    official=Official(
+        "johnrachwan123/Winning-The-Lottery-Ahead-of-Time, models/criterions/CroP.py, EarlyCroP.py, "
+        "CroPStructured.py",
+        settings={"train": False, "num_batches": 5, "rule": "earlycrop"},
+        schedules={"crop-it": earlycrop_schedule},
+        channel_settings={"train": False, "num_batches": 5, "gate_at": "output"},
+        notes=("eval mode, 5 scoring batches", "keeps the weights scoring > the n-th largest, n = int(N*(1-s)) "
+               "(rule='earlycrop': n - 1 without ties)", "crop-it schedule from 0.25 for targets <= 0.5",
+               "structured: gates on the conv output (before BatchNorm), eval mode, 5 batches"),
+    ),
 )
 CROP_IT = CROP.variant(
     "crop-it", paper="Rachwan et al., EarlyCroP (CroP-it), ICML 2022",

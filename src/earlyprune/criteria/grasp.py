@@ -21,16 +21,27 @@ import torch
 
 from ..errors import PruningError
 from ._autograd import hessian_gradient_product, loss_gradient
+from .official import Official, xavier_redraw_linear
 from .spec import Criterion, Scoring
 
 DEFAULT_TEMPERATURE = 200.0
 
 
-def grasp_importance(scoring: Scoring, *, temperature: float = DEFAULT_TEMPERATURE) -> dict[str, torch.Tensor]:
-    """θ ⊙ (H g) with g and H taken on logits / ``temperature``; higher = keep."""
+def grasp_importance(
+    scoring: Scoring, *, temperature: float = DEFAULT_TEMPERATURE, reinit: bool = False
+) -> dict[str, torch.Tensor]:
+    """θ ⊙ (H g) with g and H taken on logits / ``temperature``; higher = keep.
+
+    ``reinit=True`` is the official code's default (``preset="official"``): every Linear weight of the
+    scored copy is first re-drawn with Xavier-normal (:func:`.official.xavier_redraw_linear`), so θ, g and
+    Hg are those of the re-drawn network; the model itself keeps its weights. The paper scores the network
+    as initialised, so the default is False.
+    """
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise PruningError(f"temperature must be a number > 0 (GraSP's T, default 200), got {temperature!r}")
     model, params, batches, loss_fn = scoring.model, scoring.params, scoring.batches, scoring.loss_fn
+    if reinit:
+        xavier_redraw_linear(model, scoring.masks)
     grads = loss_gradient(model, params, batches, loss_fn, temperature, masks=scoring.masks)
     hg = hessian_gradient_product(model, params, batches, grads, loss_fn, temperature)
     return {n: p.detach() * hg[n] for n, p in params.items()}
@@ -40,4 +51,9 @@ GRASP = Criterion(
     "grasp", paper="Wang, Zhang, Grosse, GraSP, ICLR 2020",
     summary="θ ⊙ Hg with g on logits/T (signed), gradient-signal preservation",
     importance=grasp_importance, data="class_balanced",
+    official=Official(
+        "alecwangcq/GraSP, pruner/GraSP.py", options={"reinit": True}, settings={"rule": "grasp"},
+        notes=("Linear weights re-drawn with Xavier-normal in the scored copy (reinit=True)",
+               "keeps every weight scoring >= the k-th smallest, k = int(s*N) (rule='grasp')"),
+    ),
 )

@@ -21,6 +21,7 @@ import torch
 from ..batches import Batch
 from ..errors import PruningError
 from ..loss import batch_loss
+from .official import Official
 from .spec import Criterion, Scoring
 
 DEFAULT_STEPS = 3
@@ -92,4 +93,6 @@ def prospr_importance(
 PROSPR = Criterion(
     "prospr", paper="Alizadeh et al., ProsPr, ICLR 2022",
     summary="abs(∂L(θ_M)/∂m), meta-gradient through M SGD steps", importance=prospr_importance,
+    official=Official("mil-ad/prospr, prospr/utils.py (keep_mask_from_scores)", settings={"rule": "prospr"},
+                      notes=("keeps ceil((1-s)*N) weights (rule='prospr'), not round((1-s)*N)",)),
 )

@@ -8,7 +8,9 @@ L is the cross-entropy summed over the scoring batches (the paper and official c
 Structured SNIP (SNAP / SNIP-it, Verdenius, Stol, Forré 2020) scores a channel by |∂L/∂c| at c = 1 for a
 gate c on the channel's output (:mod:`earlyprune.structured.gates`), L the mean cross-entropy of each
 batch, the gate gradients summed over the batches before the absolute value. It uses cross-entropy, as
-the paper does (the EarlyCroP repository's SNAP uses ``nll_loss`` on raw logits).
+the paper does. The EarlyCroP repository's SNIP and SNAP use ``nll_loss`` on raw logits (−mean of the
+target's logit, not a cross-entropy: a bug of that code), score in eval mode on 5 batches and gate the conv
+output; ``preset="official"`` reproduces that code, bug included (:mod:`.official`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from ..loss import batch_loss
 from ..structured.gates import channel_gates
 from ._autograd import accumulate_gate_grads, loss_gradient
+from .official import Official, nll_on_logits
 from .spec import Criterion, Scoring
 
 
@@ -43,6 +46,14 @@ def snip_channel_importance(scoring: Scoring) -> dict[int, torch.Tensor]:
 SNIP = Criterion(
     "snip", paper="Lee, Ajanthan, Torr, SNIP, ICLR 2019", summary="abs(θ ⊙ ∂L/∂θ), connection sensitivity",
     importance=snip_importance, channel_importance=snip_channel_importance,
+    official=Official(
+        "johnrachwan123/Winning-The-Lottery-Ahead-of-Time, models/criterions/SNIP.py, SNAP.py",
+        settings={"train": False, "num_batches": 5, "loss_fn": nll_on_logits, "rule": "earlycrop"},
+        channel_settings={"train": False, "num_batches": 5, "loss_fn": nll_on_logits, "gate_at": "output"},
+        notes=("eval mode, 5 scoring batches", "nll_loss on raw logits (a bug of that code: the paper's loss is "
+               "cross-entropy)", "keeps the weights scoring > the n-th largest, n = int(N*(1-s)) (rule='earlycrop')",
+               "structured (SNAP): gates on the conv output, eval mode, 5 batches, nll_loss on raw logits"),
+    ),
 )
 SNIP_IT = SNIP.variant(
     "snip-it", paper="Verdenius, Stol, Forré, SNIP-it, 2020; schedule of Rachwan et al., ICML 2022",

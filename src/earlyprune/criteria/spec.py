@@ -29,6 +29,7 @@ from torch import nn
 from ..batches import Batch
 from ..errors import PruningError
 from ..loss import LossFn
+from .official import Official
 
 #: What a criterion needs to score: nothing, the batches as given, or a class-balanced set drawn from a
 #: loader (GraSP's 10 examples per class; batches given directly are used as they are).
@@ -76,6 +77,9 @@ class Criterion:
         schedule: the schedule ``prune`` uses by default (``"crop-it"`` for the iterative variants); when
             set, the rounds follow it and ``iterations`` is refused.
         base: for a variant (:meth:`variant`), the name of the criterion it iterates.
+        official: what the official implementation does differently (:class:`.official.Official`),
+            applied with ``preset="official"`` (:mod:`earlyprune.presets`); None when it does nothing
+            differently or has no public code.
 
     ``options`` (not an argument) maps every option to its default, read from the keyword-only
     parameters of ``importance`` and ``channel_importance``.
@@ -91,6 +95,7 @@ class Criterion:
     iterations: int = 1
     schedule: str | None = None
     base: str | None = None
+    official: Official | None = field(default=None, repr=False, compare=False)
     options: Mapping[str, Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

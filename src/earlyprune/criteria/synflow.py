@@ -23,6 +23,7 @@ from ..batches import Batch, tree_map
 from ..calling import predict
 from ..errors import PruningError
 from ..model_state import model_device, model_dtype
+from .official import Official
 from .spec import Criterion, Scoring
 
 
@@ -101,4 +102,6 @@ SYNFLOW = Criterion(
     "synflow", paper="Tanaka, Kunin, Yamins, Ganguli, SynFlow, NeurIPS 2020",
     summary="abs(θ ⊙ ∂R/∂θ) of the abs-linearised net on an all-ones input, data-free, 100 rounds",
     importance=synflow_importance, data="none", train=False, iterations=100,
+    official=Official("ganguli-lab/Synaptic-Flow, Pruners/pruners.py (Pruner._global_mask)", settings={"rule": "official"},
+                      notes=("prunes every score <= the k-th smallest, k = int(s*N) (rule='official')",)),
 )

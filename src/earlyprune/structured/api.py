@@ -3,6 +3,7 @@ physically; in rounds on a schedule when asked."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -10,6 +11,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from .. import presets
 from ..batches import first_example, to_device
 from ..criteria import Criterion, resolve
 from ..criteria.compute import require_structured
@@ -100,6 +102,8 @@ def prune_channels(
     example_inputs: Any = None,
     train: bool | None = None,
     on_zero_scores: str = "raise",
+    gate_at: str = "norm",
+    preset: str = presets.DEFAULT_PRESET,
     **options: Any,
 ) -> ChannelPruneResult:
     """Remove a fraction ``sparsity`` of all prunable channels of ``model``, physically and in place.
@@ -121,6 +125,11 @@ def prune_channels(
         min_fraction: each group keeps at least this fraction of its channels (and at least one).
         channel_multiple: round every kept width up to a multiple of it (faster kernels).
         train: score in training (True) or eval (False) mode; default the criterion's.
+        gate_at: where the gate-gradient criteria (snip, crop) put a channel's gate: ``"norm"`` (default:
+            after the BatchNorm that follows the producer, where a gate of 0 is the surgery) or
+            ``"output"`` (on the producer's output, before its BatchNorm, as the EarlyCroP code does).
+        preset: ``"paper"`` (default) or ``"official"``: the official code's structured scoring (SNAP and
+            CroPStructured: eval mode, 5 batches, gates on the conv output; :mod:`earlyprune.presets`).
         on_zero_scores: every channel scoring exactly 0 (the loss does not reach them, e.g. through a
             zero-initialised classifier) is an error (``"raise"``); ``"warn"`` selects by position.
         loss_fn, task: the scoring loss: the task's (a name from :func:`earlyprune.tasks.names` or a
@@ -138,8 +147,16 @@ def prune_channels(
     criterion = resolve(method)
     require_structured(criterion)  # before tracing
     criterion.check_options(options)
-    targets = schedule_targets(sparsity, criterion.schedule if schedule is None else schedule)
+    if gate_at not in GATE_POSITIONS:
+        raise PruningError(f"gate_at must be one of {GATE_POSITIONS}, got {gate_at!r}")
     task = get_task(task)
+    chosen = presets.resolve(criterion, preset, prune_channels, {"train": train, "num_batches": num_batches,
+                                                                 "loss_fn": loss_fn, "gate_at": gate_at},
+                             options, structured=True, class_targets=task.class_targets)
+    train, num_batches, gate_at = (chosen.settings[k] for k in ("train", "num_batches", "gate_at"))
+    loss_fn, options = chosen.settings["loss_fn"], chosen.options
+    schedule = presets.schedule(criterion, preset, criterion.schedule if schedule is None else schedule, sparsity)
+    targets = schedule_targets(sparsity, schedule)
     loss_fn = scoring_loss(task, loss_fn)
     batches = scoring_batches(model, criterion, data, num_batches, task=task)
     example_inputs = _example_inputs(model, batches, example_inputs)
@@ -158,7 +175,7 @@ def prune_channels(
         if round_index and kept_target >= current_total:
             continue  # this round asks for nothing the earlier ones have not removed already
         relative = 1.0 - kept_target / current_total if current_total else 0.0
-        importance = channel_importance(model, criterion, batches, plan.groups, loss_fn=loss_fn,
+        importance = channel_importance(model, criterion, batches, _gated(plan.groups, gate_at), loss_fn=loss_fn,
                                         seed=seed + round_index, train=train, **options)
         check_not_all_zero({str(g): s.double() for g, s in importance.items()}, warn=on_zero_scores == "warn")
         keep = select_channels(importance, plan.groups, min(max(relative, 0.0), 1.0 - 1e-12),
@@ -177,8 +194,23 @@ def prune_channels(
         "left_whole": left_whole,
         "scoring_seconds": time.perf_counter() - started,
         "options": dict(options),
+        "train": train,
+        "gate_at": gate_at,
+        **chosen.info(preset),
     }
     return ChannelPruneResult(model, combined, info)
+
+
+#: Where a channel's gate may sit for the gate-gradient criteria (see ``gate_at`` of :func:`prune_channels`).
+GATE_POSITIONS = ("norm", "output")
+
+
+def _gated(groups: list, gate_at: str) -> list:
+    """The groups with their gates where ``gate_at`` says: as traced (after the BatchNorm) for ``"norm"``,
+    on each producer's own output for ``"output"``."""
+    if gate_at == "norm":
+        return groups
+    return [dataclasses.replace(g, gate_points=list(g.producers)) for g in groups]
 
 
 def _refuse_unstructured_settings(options: dict[str, Any]) -> None:
