@@ -113,6 +113,22 @@ def _rules() -> tuple[str, ...]:
     return RULES
 
 
+def _presets() -> tuple[str, ...]:
+    from ..presets import PRESETS
+
+    return PRESETS
+
+
+def _ablations() -> tuple[str, ...]:
+    from ..ablations import ABLATIONS
+
+    return ("none", *ABLATIONS)
+
+
+#: ``score_mode`` values and the ``train`` flag of ``earlyprune.prune`` each one means.
+SCORE_MODES = {"criterion": None, "train": True, "eval": False}
+
+
 # --- the parts ----------------------------------------------------------------------------------------------
 
 @dataclass
@@ -153,7 +169,13 @@ class PruningConfig:
                          choices=("global", "layer"))
     iterations: int | None = setting(None, "pruning rounds on an exponential schedule", min=1,
                                      none="the method's own: one shot; SynFlow 100")
-    rule: str = setting("topk", "selection rule: topk keeps exactly round((1-s)N); official is the SynFlow repository's <= threshold (docs/methods.md)", choices=_rules)
+    rule: str = setting("topk", "selection rule: topk keeps exactly round((1-s)N); official is the SynFlow repository's <= threshold; grasp, earlycrop, prospr the counts of those codes (docs/methods.md)", choices=_rules)
+    preset: str = setting("paper", "paper: each method as its paper defines it; official: exactly as its official "
+                          "code does it (docs/methods.md lists the differences)", choices=_presets)
+    ablation: str = setting("none", "a sanity check of Frankle et al. (ICLR 2021) after pruning at init: shuffle "
+                            "each layer's mask, reinit the kept weights, or invert the scores", choices=_ablations)
+    score_mode: str = setting("criterion", "the mode the criterion scores in: its own (criterion), train or eval",
+                              choices=tuple(SCORE_MODES))
     when: str = setting("init", "when to prune: init, early (EarlyCroP's trigger) or epoch:N", check=_check_when)
     structured: bool = setting(False, "remove whole channels physically")
     prune_every: int = setting(1, "activation_density: epochs between resizes", min=1)

@@ -32,7 +32,8 @@ def epoch_callback(config: RunConfig, model: nn.Module, train_split: Any, record
     pruner = EarlyPruner(
         model, pruning.method, pruning.sparsity, scoring_batches, structured=pruning.structured,
         at_epoch=pruning.prune_epoch, cap_epoch=None if pruning.prune_epoch else max(2, config.training.epochs // 2),
-        seed=config.seed, task=task, **_unstructured_settings(pruning), **pruning.options,
+        seed=config.seed, task=task, preset=pruning.preset, **_score_mode(pruning), **_unstructured_settings(pruning),
+        **pruning.options,
     )
 
     def on_epoch_end(epoch: int, model: nn.Module, optimizer):
@@ -69,6 +70,14 @@ def _activation_density(config: RunConfig, model: nn.Module, scoring_batches, re
         return None
 
     return on_epoch_end
+
+
+def _score_mode(pruning) -> dict:
+    """``train`` for the pruner when ``score_mode`` is not the criterion's own."""
+    from .config import SCORE_MODES
+
+    train = SCORE_MODES[pruning.score_mode]
+    return {} if train is None else {"train": train}
 
 
 def _unstructured_settings(pruning) -> dict:

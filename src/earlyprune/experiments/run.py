@@ -25,7 +25,7 @@ from ..pruning import methods, prune
 from ..structured import prune_channels
 from ..tasks import get as get_task
 from ..train import train
-from .config import DENSE, RunConfig
+from .config import DENSE, SCORE_MODES, RunConfig
 
 
 def run_experiment(
@@ -77,20 +77,24 @@ def run_experiment(
         scoring_data = train_split.loader(data.batch_size, shuffle=True, augment=False, seed=config.seed + 1,
                                           **shard)
         start = time.perf_counter()
+        train_mode = SCORE_MODES[pruning.score_mode]
         if pruning.structured:
             result = prune_channels(model, pruning.method, pruning.sparsity, data=scoring_data, seed=config.seed,
-                                    num_batches=pruning.score_batches, task=task, **pruning.options)
+                                    num_batches=pruning.score_batches, task=task, train=train_mode,
+                                    preset=pruning.preset, **pruning.options)
         else:
             result = prune(
                 model, pruning.method, pruning.sparsity, data=scoring_data, scope=pruning.scope,
                 iterations=pruning.iterations, rule=pruning.rule, seed=config.seed,
-                num_batches=pruning.score_batches, task=task, **pruning.options,
+                num_batches=pruning.score_batches, task=task, train=train_mode, preset=pruning.preset,
+                **_ablation_settings(config), **pruning.options,
             )
         scoring_seconds = time.perf_counter() - start
         if not pruning.structured:
             masks = result
             record["collapsed"] = masks.info["collapsed"]
             record["schedule"] = masks.info["schedule"]
+            record["layer_density"] = {name: 1.0 - s for name, s in masks.layer_sparsity().items()}
     elif pruning.method != DENSE:
         from .during_training import epoch_callback
 
@@ -131,6 +135,18 @@ def run_experiment(
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
     return record
+
+
+def _ablation_settings(config: RunConfig) -> dict[str, Any]:
+    """``ablation`` (and for ``reinit`` the model's initialisation scheme, which it re-draws from) for
+    :func:`earlyprune.prune`; nothing without an ablation."""
+    ablation = config.pruning.ablation
+    if ablation == "none":
+        return {}
+    settings: dict[str, Any] = {"ablation": ablation}
+    if ablation == "reinit":
+        settings["init_scheme"] = config.network.init or models.spec(config.network.model).init
+    return settings
 
 
 def dataset_task(split: Any) -> str:

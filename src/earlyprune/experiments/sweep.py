@@ -16,6 +16,8 @@ The config::
     seeds = [0, 1, 2]
     when = ["init"]                       # optional: "init", "early", "epoch:N"
     structured = [false]                  # optional
+    presets = ["paper", "official"]       # optional: each method as its paper, or as its official code
+    ablations = ["none", "shuffle"]       # optional: Frankle et al.'s sanity checks (shuffle, reinit, invert)
 
     [options]                             # optional: the criterion's options, for every cell but dense
     temperature = 100                     # (each must be an option of every method of the grid)
@@ -58,7 +60,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 _AXES = {"datasets": "dataset", "models": "model", "methods": "method", "sparsities": "sparsity", "seeds": "seed",
-         "when": "when", "structured": "structured"}
+         "when": "when", "structured": "structured", "presets": "preset", "ablations": "ablation"}
 
 
 class ConfigError(PruningError):
@@ -125,9 +127,10 @@ def load_sweep(path: str | Path) -> tuple[list[RunConfig], str | None]:
     cells: list[RunConfig] = []
     seen: set[str] = set()
     for combo in itertools.product(*[values for _, values in axes]):
-        settings = {**recipe, **{name: value for (name, _), value in zip(axes, combo)}}
+        settings = {"threads": threads, **recipe, **{name: value for (name, _), value in zip(axes, combo)}}
         if settings.get("method") == DENSE:
-            settings.update(sparsity=0.0, when="init", structured=False)  # options: none
+            # options: none; dense is one run whatever the pruning axes (preset, ablation) say
+            settings.update(sparsity=0.0, when="init", structured=False, preset="paper", ablation="none")
         else:
             settings["options"] = dict(options)
         try:
