@@ -140,6 +140,8 @@ class DataConfig:
                                        "the dataset's order)", min=1, none="all of them")
     augment: bool = setting(True, "random crop and flip on CIFAR")
     batch_size: int = setting(100, "training batch size (also of the scoring batches)", min=1)
+    steps_per_epoch: int | None = setting(None, "reinforcement learning (--dataset cartpole): environment steps "
+                                          "per epoch", min=1, none="1000")
 
     def __post_init__(self) -> None:
         check_declared(self)

@@ -5,7 +5,8 @@ The task (its loss and metric, :mod:`earlyprune.tasks`) is the dataset's: a spli
 (classification when it has none). The record holds it (``task``), its main metric (``metric_name``,
 ``final_metric``, ``best_metric``, ``higher_is_better``, every test metric of the last epoch in
 ``final_metrics``) and, for classification, ``final_accuracy``/``best_accuracy`` as before (None for other
-tasks)."""
+tasks). An environment (``cartpole``) is run by :func:`earlyprune.rl.experiment.run_rl_experiment`
+instead: a DQN agent, its mean episode return as the metric, the same record."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from ..data import load_dataset
 from ..distributed import init_from_environment, rank, unwrap, world_size
 from ..errors import DeviceError, PruningError
 from ..metrics import report
+from ..preflight import check_model_fits, check_targets
 from ..pruning import methods, prune
 from ..structured import prune_channels
 from ..tasks import get as get_task
@@ -41,14 +43,26 @@ def run_experiment(
     ``device`` is where the model trains: ``"cpu"`` (default), ``"cuda"``, ``"cuda:1"``…, or ``"auto"``
     (CUDA when available). Under torchrun on GPUs each process takes ``cuda:LOCAL_RANK``. The device is
     recorded but not part of the run's key.
+
+    ``threads`` (torch's CPU threads) overrides ``config.threads``; when neither is set, the count torch
+    uses is taken. Either way it enters the record and the run's key (:func:`with_threads`): on the CPU the
+    result depends on it. The data, the model and their fit (labels within the model's outputs, inputs it
+    accepts) are checked before any pruning or training starts.
     """
+    config = with_threads(config, threads)
     data, network, pruning = config.data, config.network, config.pruning
     if pruning.method != DENSE and pruning.method.lower() not in methods():
         raise PruningError(f"unknown method {pruning.method!r}; known methods: {', '.join(methods())}, or 'dense' "
                            "for the unpruned reference")
     models.spec(network.model)  # an unknown model is refused (with the known names) before data is loaded
-    if threads:
-        torch.set_num_threads(threads)
+    if is_environment(data.dataset):  # reinforcement learning: an agent's own loop (earlyprune.rl)
+        from ..rl.experiment import run_rl_experiment
+
+        return run_rl_experiment(config, threads=threads, device=device)
+    if data.steps_per_epoch is not None:
+        raise PruningError("--steps-per-epoch applies to reinforcement learning (--dataset cartpole) only: an "
+                           "epoch of a dataset is one pass over its training split")
+    torch.set_num_threads(config.threads)
     target = resolve_device(device)
     # started by torchrun: one shard of the data per process; nccl for GPUs, gloo for the CPU
     distributed = init_from_environment("nccl" if target.type == "cuda" else "gloo")
@@ -61,6 +75,8 @@ def run_experiment(
     model = models.create(network.model, width=network.width, init=network.init, **_model_kwargs(train_split))
     model.input_shape = tuple(train_split.input_shape)
     model.to(target)
+    check_model_fits(model, train_split, task)  # before any epoch: labels, outputs, inputs, frozen, meta
+    check_targets(test_split)
     train_loader = train_split.loader(data.batch_size, shuffle=True, augment=data.augment, seed=config.seed,
                                       **shard)
     test_loader = test_split.loader(500, shuffle=False, augment=False)
@@ -137,6 +153,24 @@ def run_experiment(
     return record
 
 
+def is_environment(dataset: str) -> bool:
+    """Whether ``dataset`` names an environment (reinforcement learning) rather than files of examples."""
+    from ..data import DATASETS
+
+    spec = DATASETS.get(dataset.lower()) if isinstance(dataset, str) else None
+    return spec is not None and spec.task == "reinforcement_learning"
+
+
+def with_threads(config: RunConfig, threads: int | None = None) -> RunConfig:
+    """``config`` with its thread count fixed: ``threads`` when given, else ``config.threads``, else the
+    count torch uses now. The count is part of the key (a setting not at its default), so runs that
+    differ only in threads are two runs, as their results may differ in the last digits on the CPU."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise PruningError(f"threads must be an integer >= 1 (torch's CPU threads), got {threads!r}")
+    count = threads or config.threads or torch.get_num_threads()
+    return config if config.threads == count else config.replace(threads=count)
+
+
 def _ablation_settings(config: RunConfig) -> dict[str, Any]:
     """``ablation`` (and for ``reinit`` the model's initialisation scheme, which it re-draws from) for
     :func:`earlyprune.prune`; nothing without an ablation."""
@@ -165,13 +199,21 @@ def _model_kwargs(split: Any) -> dict[str, Any]:
     return {"num_classes": split.num_classes}
 
 
+#: the device types a run can train on ("auto": CUDA when available, else the CPU)
+_TRAINING_DEVICES = ("cpu", "cuda", "mps", "xpu", "auto")
+
+
 def resolve_device(device: str | None) -> torch.device:
     """``None``/``"cpu"`` -> CPU; ``"auto"`` -> CUDA if available; a bare ``"cuda"`` under torchrun -> the
     process's ``cuda:LOCAL_RANK``. Asking for CUDA where there is none, or for one ``cuda:N`` while torchrun
     runs several processes on this machine, is an error that says so."""
     import os
 
-    name = (device or "cpu").lower()
+    name = (device or "cpu").lower() if isinstance(device, (str, type(None))) else str(device)
+    if name.split(":")[0] not in _TRAINING_DEVICES:
+        what = ("nothing can train on the meta device (it holds shapes, no data):" if name.startswith("meta")
+                else "unknown device")
+        raise DeviceError(f"{what} {device!r}: use cpu, cuda, cuda:N or auto")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
