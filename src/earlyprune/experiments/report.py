@@ -1,7 +1,7 @@
 """``earlyprune report RESULTS_DIR``: Markdown tables (also printed) and PNG plots of a results store.
 
 Tables: the task's test metric (accuracy for classification, RMSE for regression, perplexity for language
-modelling; which way is better is said) mean ± std over seeds for every method × sparsity (per dataset,
+modelling, mean episode return for reinforcement learning; which way is better is said) mean ± std over seeds for every method × sparsity (per dataset,
 model and timing), with the dense reference; parameters, FLOPs and time. Plots: accuracy against the fraction of weights
 remaining (log axis, one line per method, error bars over seeds), accuracy against total training time,
 and, for structured runs, accuracy against FLOPs.
@@ -32,6 +32,7 @@ _METRICS = {
     "accuracy": ("accuracy (%)", 100.0, True),
     "rmse": ("RMSE", 1.0, False),
     "perplexity": ("perplexity", 1.0, False),
+    "return": ("mean return", 1.0, True),  # reinforcement learning: greedy episodes over fixed seeds
 }
 
 
