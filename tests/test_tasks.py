@@ -323,7 +323,8 @@ def test_run_records_the_task_and_its_metric(monkeypatch):
     assert record["final_accuracy"] is None and record["final_metric"] > 0
     assert record["best_metric"] == min(c["test_metric"] for c in record["curve"])
     assert set(record["final_metrics"]) == {"loss", "rmse", "r2"}
-    assert record["key"] == config.key()  # the task is the dataset's: not a setting, the key is unchanged
+    # the task is the dataset's: not a setting, the key is unchanged (the thread count used is keyed)
+    assert record["key"] == config.replace(threads=record["threads"]).key()
 
     tables = report.markdown_tables(report.summarise([record, {**record, "seed": 1}]))
     assert "Test RMSE (lower is better), mean ± std over seeds" in tables

@@ -117,38 +117,63 @@ def _refuse_flags_that_do_not_apply(config) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .experiments.records import append_record
-    from .experiments.run import run_experiment
+    from .experiments.records import check_output_file, keep_record
+    from .experiments.run import resolve_device, run_experiment, with_threads
 
-    config = _config_from(args)
+    config = with_threads(_config_from(args))  # the thread count is part of the key (see docs/reliability.md)
     _refuse_flags_that_do_not_apply(config)
     from .distributed import rank
 
-    if args.skip_existing:
-        if not args.store:
-            raise SystemExit("--skip-existing looks the run up in the results store: add --store DIR")
-        from .experiments.store import ResultsStore
-
-        with ResultsStore(args.store) as store:
-            if config.key() in store.keys():
-                print(f"run {config.key()} is already in {args.store}: skipped")
-                return 0
-    record = run_experiment(config, data_dir=args.data_dir, cache_dir=args.cache_dir, threads=args.threads,
-                            device=args.device)
-    if rank() != 0:
-        return 0  # under torchrun only rank 0 writes results
-    out = Path(args.out)
-    append_record(out, record)
+    out = check_output_file(args.out)  # before training: a directory or an unwritable folder is refused now
+    resolve_device(args.device)
     if args.store:
         from .experiments.store import ResultsStore
 
-        with ResultsStore(args.store) as store:
-            store.add(record)
+        with ResultsStore(args.store) as store:  # refused now if it is not a results store
+            stored = config.key() in store.keys()
+    if args.skip_existing:
+        if not args.store:
+            raise SystemExit("--skip-existing looks the run up in the results store: add --store DIR")
+        if _already_recorded(config.key(), out, args.store, stored):
+            print(f"run {config.key()} is already in {args.store}: skipped")
+            return 0
+    record = run_experiment(config, data_dir=args.data_dir, cache_dir=args.cache_dir, device=args.device)
+    if rank() != 0:
+        return 0  # under torchrun only rank 0 writes results
+    written, failed = keep_record(record, out, args.store)
     keys = ["method", "sparsity", "achieved_sparsity", "task", "final_accuracy", "best_accuracy", "metric_name",
             "final_metric", "best_metric", "nonzero_params", "effective_flops", "scoring_seconds", "train_seconds"]
     print(json.dumps({k: record.get(k) for k in keys}, indent=1))
-    print(f"record appended to {out}")
-    return 0
+    if not failed:
+        print(f"record appended to {out}")
+        return 0
+    for problem in failed:
+        print(f"earlyprune run: error: could not write the record: {problem}", file=sys.stderr)
+    if written:
+        print(f"earlyprune run: the finished run's record is kept in {', '.join(written)}", file=sys.stderr)
+    else:
+        print("earlyprune run: nowhere to write the record; here it is:\n"
+              + json.dumps(record, sort_keys=True, default=str), file=sys.stderr)
+    return 1
+
+
+def _already_recorded(key: str, out: Path, store_dir: str, in_store: bool) -> bool:
+    """Whether run ``key`` is in the store or in ``out``; one found in only one of them is copied into the
+    other first (a run killed between writing the two is then complete, never run twice)."""
+    from .experiments.records import append_record, read_records
+    from .experiments.store import ResultsStore
+
+    in_out = None
+    if out.exists():
+        in_out = next((r for r in read_records(out) if r.get("key") == key), None)
+    if in_store and in_out is None:
+        with ResultsStore(store_dir) as store:
+            record = next(r for r in store.records() if r.get("key") == key)
+        append_record(out, record)
+    elif in_out is not None and not in_store:
+        with ResultsStore(store_dir) as store:
+            store.add(in_out)
+    return in_store or in_out is not None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -185,7 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", default=None, help="where datasets live (default: $EARLYPRUNE_DATA)")
     run.add_argument("--cache-dir", default=None, help="where decoded arrays are cached")
     run.add_argument("--out", default="results/runs.jsonl", help="JSON-lines file the record is appended to")
-    run.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     run.add_argument("--store", default=None, help="also add the record to the results store in this directory")
     run.add_argument("--skip-existing", action="store_true",
                      help="do nothing if a run with the same settings is already in --store (resuming a script)")
@@ -212,8 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the Ray cluster to use (ray start --head's address, or auto); default: $RAY_ADDRESS, "
                             "else a Ray instance started on this machine")
     sweep.add_argument("--num-cpus", type=float, default=None,
-                       help="CPUs (and torch threads) per cell (default: [resources] num_cpus; else the cores "
-                            "shared among --jobs, one per Ray task)")
+                       help="CPUs (and torch threads) per cell (default: [resources] num_cpus, else 1; [recipe] "
+                            "threads wins; the thread count is part of each cell's key, --jobs never changes it)")
     sweep.add_argument("--num-gpus", type=float, default=None,
                        help="GPUs per Ray task, fractions allowed (default: [resources] num_gpus, else 0)")
     sweep.add_argument("--shard", default=None, metavar="K/N",
@@ -240,6 +264,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error of ours
         sys.stderr.close()
         return 0
+    except OSError as exc:
+        # A full disk (StorageError: ENOSPC and the path), a directory given for a file, no permission.
+        message = exc.strerror or str(exc)
+        if exc.filename and str(exc.filename) not in message:
+            message += f": {exc.filename}"
+        print(f"earlyprune {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -108,18 +108,28 @@ def load_splits(name: str, data_dir: str | os.PathLike[str] | None = None,
                          "on it with earlyprune.rl (earlyprune run --dataset cartpole --model dqn-mlp)")
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     if spec.locate is not None:
-        return _locate_and_read(spec, data_dir, cache)
+        return _checked(_locate_and_read(spec, data_dir, cache))
     if key == "mnist-sample":
         arrays = load_sample()
         classes = [str(i) for i in range(10)]
     else:
         arrays, classes = _locate_and_read(spec, data_dir, cache)
-    return {
+    return _checked({
         split: DatasetSplit(key, _normalise(arrays[f"x_{split}"], spec),
                             torch.from_numpy(arrays[f"y_{split}"].astype(np.int64)), spec.num_classes, classes,
                             spec.augment)
         for split in ("train", "test")
-    }
+    })
+
+
+def _checked(splits: dict[str, DatasetSplit]) -> dict[str, DatasetSplit]:
+    """``splits``, once every split's targets are known to fit its task (a label 42 among 10 classes is a
+    DataFormatError when the data is read, not an IndexError after the epochs are spent)."""
+    from ..preflight import check_targets
+
+    for split in splits.values():
+        check_targets(split)
+    return splits
 
 
 def _normalise(images: np.ndarray, spec: DatasetSpec) -> torch.Tensor:

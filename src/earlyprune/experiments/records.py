@@ -114,3 +114,62 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return str(value)
+
+
+def check_output_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` as the JSON-lines file a run will append to, checked before the run starts: not a
+    directory, in a folder that exists or can be made and is writable. Raises an ``OSError`` that says
+    which and how to fix it."""
+    import errno
+
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"--out {path} is a directory: give a file name for the records, "
+                                f"e.g. --out {path / 'runs.jsonl'}", str(path))
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"--out {path}: {folder} is a file, not a folder", str(path))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"--out {path}: {folder} is not writable", str(path))
+    return path
+
+
+def keep_record(record: dict[str, Any], out: str | os.PathLike[str],
+                store_dir: str | os.PathLike[str] | None = None) -> tuple[list[str], list[str]]:
+    """Write a finished run's ``record`` to the JSON-lines file ``out`` and, when given, the results
+    store in ``store_dir``, without ever losing it: when neither can be written (a full disk, ``out``
+    turned into a directory meanwhile), the record goes to a fallback file in the temporary folder (and,
+    should that fail too, the caller prints it). Returns where it was written and what failed, each as
+    messages naming the path and the error."""
+    import tempfile
+
+    written: list[str] = []
+    failed: list[str] = []
+    try:
+        append_record(out, record)
+        written.append(str(out))
+    except OSError as error:
+        failed.append(f"{out}: {error}")
+    if store_dir is not None:
+        import sqlite3
+
+        from .store import STORE_NAME, ResultsStore
+
+        try:
+            with ResultsStore(store_dir) as store:
+                store.add(record)
+            written.append(str(Path(store_dir) / STORE_NAME))
+        except (OSError, sqlite3.Error) as error:
+            failed.append(f"{Path(store_dir) / STORE_NAME}: {error}")
+    if not written:
+        name = f"earlyprune-unsaved-{record.get('key', 'run')}-{os.getpid()}.jsonl"
+        for folder in (Path(tempfile.gettempdir()), Path.home() / ".cache" / "earlyprune"):
+            try:
+                append_record(folder / name, record)
+                written.append(str(folder / name))
+                break
+            except OSError as error:
+                failed.append(f"{folder / name}: {error}")
+    return written, failed

@@ -365,6 +365,11 @@ class ResultsStore:
         with self._transaction():
             self._db.execute("DELETE FROM claims WHERE key=? AND owner=?", (key, claimant.owner))
 
+    def release_all(self, claimant: Claimant) -> None:
+        """Give up every claim ``claimant`` holds."""
+        with self._transaction():
+            self._db.execute("DELETE FROM claims WHERE owner=?", (claimant.owner,))
+
     def heartbeat(self, claimant: Claimant, ttl: float = CLAIM_TTL) -> int:
         """Renew every claim of ``claimant`` for ``ttl`` seconds; returns how many it holds."""
         now = time.time()
@@ -394,11 +399,11 @@ def write_csv(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
 
 
 class ClaimQueue:
-    """The cells of a sweep still to run, handed out one at a time, each claimed in the store first:
-    :meth:`popleft` gives the next cell this process now holds (cells finished or held by another live
-    sweep are passed over and counted in :attr:`taken_elsewhere`), or None when none is left. It stands in
-    for the ``deque`` of pending cells (``popleft``, ``len``, truth, iteration), and renews its claims
-    in the background while it is open (a ``with`` block) so that a long cell keeps its claim."""
+    """The cells of a sweep still to run, each claimed in the store just before it is handed out:
+    iterating gives the cells this process now holds, one at a time and only when the executor takes the
+    next one (cells finished meanwhile or held by another live sweep are passed over and listed in
+    :attr:`taken_elsewhere`). While open (a ``with`` block) it renews its claims in the background, so
+    that a long cell keeps its claim and a dead sweep's claims expire."""
 
     def __init__(self, results_dir: str | Path, cells: Iterable[Any], key: Callable[[Any], str],
                  claimant: Claimant | None = None, ttl: float = CLAIM_TTL) -> None:
@@ -412,22 +417,22 @@ class ClaimQueue:
         self._thread: threading.Thread | None = None
 
     def __len__(self) -> int:
+        """The cells not handed out nor passed over yet."""
         return len(self._cells)
 
-    def __bool__(self) -> bool:
-        return bool(self._cells)
+    def remaining(self) -> list[Any]:
+        """The cells not handed out nor passed over yet."""
+        return list(self._cells)
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(list(self._cells))
-
-    def popleft(self) -> Any:
-        with ResultsStore(self.results_dir) as store:
-            while self._cells:
-                cell = self._cells.pop(0)
-                if store.claim(self._key(cell), self.claimant, self.ttl):
-                    return cell
+        while self._cells:
+            cell = self._cells.pop(0)
+            with ResultsStore(self.results_dir) as store:
+                mine = store.claim(self._key(cell), self.claimant, self.ttl)
+            if mine:
+                yield cell
+            else:
                 self.taken_elsewhere.append(cell)
-        return None
 
     def release(self, cell: Any) -> None:
         """Give up the claim on ``cell`` (a cell that did not finish and will not be retried now)."""
@@ -440,9 +445,15 @@ class ClaimQueue:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        """Stop renewing and give up every claim still held (cells handed out that did not end)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
+        try:
+            with ResultsStore(self.results_dir) as store:
+                store.release_all(self.claimant)
+        except (sqlite3.Error, OSError):  # a full disk: they expire with this process
+            pass
 
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl / 4):

@@ -41,7 +41,7 @@ N disjoint slices of the grid, for job arrays (:mod:`.shards`).
 from __future__ import annotations
 
 import itertools
-import os
+import json
 import re
 import sys
 from pathlib import Path
@@ -51,7 +51,8 @@ from ..errors import PruningError
 from .config import DENSE, RunConfig, check_options, check_setting, setting_names
 from .executors import CellJob, Started, load_resources, make_executor
 from .shards import Shard, parse_shard
-from .store import ResultsStore
+from ..atomic import StorageError
+from .store import STORE_NAME, ClaimQueue, ResultsStore
 from .sweep_progress import SweepProgress
 
 if sys.version_info >= (3, 11):
@@ -67,13 +68,20 @@ class ConfigError(PruningError):
     """A sweep config that cannot be used; the message names the file, line and key."""
 
 
-def load_sweep(path: str | Path) -> tuple[list[RunConfig], str | None]:
-    """The cells of the sweep file ``path`` (in order, duplicates removed) and its results directory.
+def load_sweep(path: str | Path, num_cpus: float | None = None) -> tuple[list[RunConfig], str | None]:
+    """The cells of the sweep file ``path`` (in order, duplicates removed) and its results directory (a
+    relative ``results`` is relative to the sweep file's folder, not to the current directory).
+
+    Each cell's torch thread count is part of its settings (and key): ``[recipe] threads``, else
+    ``num_cpus`` (the ``--num-cpus`` flag), else ``[resources] num_cpus``, else 1, so that ``--jobs`` never
+    changes a cell's result or key.
 
     Every value of ``[recipe]`` and ``[grid]`` is checked (type, range, known names); a bad one raises
     :class:`ConfigError` naming the file, the line and the key. Model aliases (``lenet-5``) and dataset
     names in any case are accepted, as ``earlyprune run`` accepts them, and stored in canonical form."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a sweep file: give the TOML file (e.g. {path / 'sweep.toml'})")
     text = path.read_text(encoding="utf-8")
     try:
         data = tomllib.loads(text)
@@ -123,6 +131,7 @@ def load_sweep(path: str | Path) -> tuple[list[RunConfig], str | None]:
                 raise ConfigError(_where(path, text, key, message, section="grid")) from exc
         grid[key] = list(dict.fromkeys(checked))  # "lenet-5" and "lenet5" are one model
     _check_options(path, text, options, [m for m in grid["methods"] if m != DENSE])
+    threads = load_resources(path, num_cpus=num_cpus).threads(1)
     axes = [(_AXES[k], v) for k, v in grid.items()]
     cells: list[RunConfig] = []
     seen: set[str] = set()
@@ -140,6 +149,8 @@ def load_sweep(path: str | Path) -> tuple[list[RunConfig], str | None]:
         if cell.key() not in seen:
             seen.add(cell.key())
             cells.append(cell)
+    if results is not None and not Path(results).expanduser().is_absolute():
+        results = str(path.parent / Path(results).expanduser())
     return cells, results
 
 
@@ -199,6 +210,28 @@ def check_datasets(names: list[str], data_dir: str | None = None) -> None:
             registry._locate_and_read(spec, data_dir, cache)
 
 
+def _stopped_by_storage(error: StorageError, event: Any, results: str, left: list[RunConfig]) -> int:
+    """A sweep stopped by a full disk (or another storage failure): keep the finished record that could
+    not be stored (a fallback file), say what happened and which cells remain; exit code 1."""
+    from .records import keep_record
+
+    print(f"earlyprune sweep: stopped: {error}", file=sys.stderr, flush=True)
+    record = getattr(event, "record", None)
+    cell = getattr(event, "cell", None)
+    if cell is not None and cell.key() not in {c.key() for c in left}:
+        left = [cell, *left]  # its record or its failure could not be stored: it runs again
+    if record is not None:
+        written, _ = keep_record(record, Path(results) / "unsaved.jsonl")
+        where = ", ".join(written) or "nowhere (no room anywhere): " + json.dumps(record, default=str)
+        print(f"earlyprune sweep: the record of cell {record.get('key')} is kept in {where}", file=sys.stderr)
+    print(f"earlyprune sweep: {len(left)} cell(s) remain; free some space and run the sweep again:",
+          file=sys.stderr)
+    for cell in left:
+        print(f"  {cell.key()}  {_describe(cell)}", file=sys.stderr)
+    sys.stderr.flush()
+    return 1
+
+
 def _result_text(record: dict[str, Any]) -> str:
     """A finished cell's result as its progress line shows it: the accuracy, else the task's metric."""
     accuracy = record.get("final_accuracy")
@@ -231,7 +264,7 @@ def run_sweep(config_path: str | Path, results_dir: str | None = None, jobs: int
 
     ``device`` is passed to every cell (see :func:`.run.run_experiment`); with ``jobs > 1`` on one GPU the
     workers share it."""
-    cells, configured = load_sweep(config_path)
+    cells, configured = load_sweep(config_path, num_cpus=num_cpus)
     results = results_dir or configured
     if not results:
         raise ConfigError(f"{config_path}: no results directory: set `results = ...` or pass --results")
@@ -242,12 +275,14 @@ def run_sweep(config_path: str | Path, results_dir: str | None = None, jobs: int
         cells = shard.select(cells)
         results = shard.results_dir(results)
         print(f"shard {shard}: {len(cells)} of the grid's {grid_size} cells")
-    default_threads = max(1, (os.cpu_count() or 1) // max(1, jobs)) if executor == "local" else 1
-    job = CellJob(data_dir=data_dir, threads=resources.threads(default_threads), device=device)
+    # each cell's thread count is one of its settings (load_sweep), so --jobs changes no cell's key
+    job = CellJob(data_dir=data_dir, threads=resources.threads(1), device=device)
     runner = make_executor(executor, job, jobs=jobs, resources=resources, address=address)
-    with ResultsStore(results) as store:
-        done = store.keys()
-        failed_before = store.failures()
+    done, failed_before = set(), {}
+    if not dry_run or (Path(results) / STORE_NAME).exists():  # a dry run creates no store
+        with ResultsStore(results) as store:
+            done = store.keys()
+            failed_before = store.failures()
     pending = [c for c in cells if c.key() not in done]
     check_datasets([c.data.dataset for c in pending], data_dir)
     retried = sum(c.key() in failed_before for c in pending)
@@ -262,23 +297,36 @@ def run_sweep(config_path: str | Path, results_dir: str | None = None, jobs: int
         return 0
     progress = SweepProgress(len(pending))
     failures = 0
-    try:
-        for event in runner.run(pending):
-            cell = event.cell
-            if isinstance(event, Started):
-                progress.cell_started(cell)
-            elif event.ok:
-                assert event.record is not None
-                with ResultsStore(results) as store:
-                    store.add(event.record)
-                progress.cell_finished(cell, _result_text(event.record))
-            else:
-                failures += 1
-                progress.cell_failed(cell, _describe(cell), str(event.error))
-                with ResultsStore(results) as store:
-                    store.add_failure(cell.key(), cell.as_dict(), str(event.error), event.traceback)
-    finally:
-        progress.close()
+    ended: set[str] = set()
+    event = None
+    # each cell is claimed in the store just before it starts: concurrent sweeps compute it once
+    with ClaimQueue(results, pending, key=RunConfig.key) as queue:
+        try:
+            for event in runner.run(queue):
+                cell = event.cell
+                if isinstance(event, Started):
+                    progress.cell_started(cell)
+                    continue
+                ended.add(cell.key())
+                if event.ok:
+                    assert event.record is not None
+                    with ResultsStore(results) as store:
+                        store.add(event.record)
+                    progress.cell_finished(cell, _result_text(event.record))
+                else:
+                    failures += 1
+                    progress.cell_failed(cell, _describe(cell), str(event.error))
+                    with ResultsStore(results) as store:
+                        store.add_failure(cell.key(), cell.as_dict(), str(event.error), event.traceback)
+                    if str(event.error).startswith(StorageError.__name__):
+                        raise StorageError(str(event.error))
+        except StorageError as error:  # the disk is full: stop cleanly, keep what can be kept, say what is left
+            progress.close()
+            return _stopped_by_storage(error, event, results, [c for c in pending if c.key() not in ended])
+        finally:
+            progress.close()
+    if queue.taken_elsewhere:
+        print(f"{len(queue.taken_elsewhere)} cell(s) were finished or are being run by another sweep on {results}")
     if failures:
         print(f"earlyprune sweep: {failures} of {len(pending)} cells failed (recorded in {results}; they run "
               "again on the next `earlyprune sweep`)", file=sys.stderr, flush=True)
