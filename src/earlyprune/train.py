@@ -53,6 +53,11 @@ class TrainConfig:
         "above": 0})
     gamma: float = field(default=0.1, metadata={"help": "step schedule: learning-rate factor at each milestone",
                                                 "above": 0})
+    #: CPU threads of torch: on the CPU the result depends on them (the order of floating-point sums), so
+    #: ``earlyprune run``/``sweep`` resolve None to the count used and key the run by it.
+    threads: int | None = field(default=None, metadata={
+        "help": "CPU threads torch uses (torch.set_num_threads); part of the run's key: on the CPU the result "
+                "depends on it", "min": 1, "none": "torch's default, resolved and recorded"})
     progress: bool | None = field(default=None, metadata={"setting": False})  # None: a bar only on a terminal
 
     def __post_init__(self) -> None:
@@ -215,6 +220,8 @@ def train(
     """
     task = _supervised(task)
     classification = task.metric == "accuracy"
+    if config.threads:
+        torch.set_num_threads(config.threads)
     optimizer = optimizer or make_optimizer(model, config)
     steps_per_epoch = _length(train_loader)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch or 1)
