@@ -166,6 +166,8 @@ def check_not_all_zero(scores: Mapping[str, torch.Tensor], warn: bool = False) -
     """Raise (``warn=True``: warn) when every still-unpruned weight scores exactly 0 (``scores``: flat
     float64, pruned weights −∞), unless a layer is already pruned to nothing (the cut itself zeroes the
     scores behind it)."""
+    if any(bool(((score != 0) & (score > -math.inf)).any()) for score in scores.values()):
+        return  # the common case, found at the first layer with a non-zero unpruned score
     alive = [score[score > -math.inf] for score in scores.values()]
     if any(score.numel() and not bool((score > -math.inf).any()) for score in scores.values()):
         return  # a layer collapsed in an earlier round: the collapse policy has decided on that
@@ -224,10 +226,8 @@ def _select_group(
         keep[forced] = True
         remaining = n_keep - int(keep.sum())
         if remaining > 0:
-            candidates = flat.clone()
-            candidates[keep] = -math.inf
-            order = torch.sort(candidates, descending=True, stable=True).indices
-            keep[order[:remaining]] = True
+            candidates = flat.masked_fill(keep, -math.inf) if len(forced) else flat
+            keep |= top_by_position(candidates, remaining)
         elif remaining < 0:
             raise PruningError(
                 f"the per-layer minimum ({min_per_layer} x {len(names)} layers) needs more weights than the "
@@ -236,6 +236,26 @@ def _select_group(
     # Weights pruned before stay pruned, whatever the rule did with their -inf score.
     keep &= flat > -math.inf
     return {n: part for n, part in zip(names, keep.split(sizes))}
+
+
+def top_by_position(values: torch.Tensor, count: int) -> torch.Tensor:
+    """Mask of the ``count`` largest of the flat ``values``, ties broken by position (lower index wins).
+
+    The same set as the first ``count`` of a stable descending sort, found with one ``kthvalue`` (linear
+    time) instead of a full sort: everything above the ``count``-th largest value, then as many of the
+    entries equal to it as are still needed, in index order.
+    """
+    total = values.numel()
+    if count >= total:
+        return torch.ones_like(values, dtype=torch.bool)
+    if count <= 0:
+        return torch.zeros_like(values, dtype=torch.bool)
+    threshold = torch.kthvalue(values, total - count + 1).values
+    keep = values > threshold
+    still_needed = count - int(keep.sum())
+    if still_needed > 0:
+        keep[(values == threshold).nonzero().flatten()[:still_needed]] = True
+    return keep
 
 
 def _keep_at_or_above_kth_smallest(flat: torch.Tensor, sparsity: float) -> torch.Tensor:

@@ -60,14 +60,69 @@ def hessian_gradient_product(
     for batch in batches:
         loss = batch_loss(model, batch, loss_fn, temperature)
         grads = torch.autograd.grad(loss, plist, create_graph=True, allow_unused=True)
-        z = sum((g * vector[n]).sum() for n, g in zip(names, grads) if g is not None)
-        if not isinstance(z, torch.Tensor) or not z.requires_grad:
-            continue  # the loss is linear in these weights: H v = 0
-        hv = torch.autograd.grad(z, plist, allow_unused=True)
-        for n, h in zip(names, hv):
-            if h is not None:
-                total[n] += h.detach()
+        _add_hessian_product(total, names, plist, grads, vector)
     return total
+
+
+def gradient_and_hessian_gradient(
+    model: nn.Module,
+    params: Mapping[str, nn.Parameter],
+    batches: Sequence[Batch],
+    loss_fn: LossFn,
+    temperature: float = 1.0,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    reuse_graph: bool = True,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(g, H g)``: :func:`loss_gradient` and :func:`hessian_gradient_product` with ``vector = g``.
+
+    With ``reuse_graph`` (the default) the last batch's gradient is taken once, with its graph kept
+    (``create_graph=True``), and that same graph is differentiated again for the batch's share of Hg,
+    instead of running the batch's forward and backward a second time as the two functions above do.
+    For one scoring batch that saves a forward and a backward pass (about a quarter of GraSP's cost);
+    the other batches are recomputed one at a time, so at most one batch's double-backward graph is
+    alive, as in the plain route. The values are the same to float rounding (the sum over the batches
+    is taken in another order); ``reuse_graph=False`` is the plain two-pass route (the official code's).
+    """
+    if not reuse_graph or not batches:
+        grads = loss_gradient(model, params, batches, loss_fn, temperature, masks=masks)
+        return grads, hessian_gradient_product(model, params, batches, grads, loss_fn, temperature)
+    names = list(params)
+    plist = [params[n] for n in names]
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    earlier, last = batches[:-1], batches[-1]
+    for batch in earlier:
+        loss = batch_loss(model, batch, loss_fn, temperature)
+        for n, g in zip(names, torch.autograd.grad(loss, plist, allow_unused=True)):
+            if g is not None:
+                total[n] += g
+    loss = batch_loss(model, last, loss_fn, temperature)
+    kept = torch.autograd.grad(loss, plist, create_graph=True, allow_unused=True)
+    for n, g in zip(names, kept):
+        if g is not None:
+            total[n] += g.detach()
+    if masks is not None:
+        for n in names:
+            if n in masks:
+                total[n] = total[n] * masks[n]
+    hg = {n: torch.zeros_like(p) for n, p in params.items()}
+    _add_hessian_product(hg, names, plist, kept, total)  # the last batch, on the graph already built
+    del kept, loss
+    for batch in earlier:
+        loss = batch_loss(model, batch, loss_fn, temperature)
+        grads = torch.autograd.grad(loss, plist, create_graph=True, allow_unused=True)
+        _add_hessian_product(hg, names, plist, grads, total)
+    return total, hg
+
+
+def _add_hessian_product(total: dict[str, torch.Tensor], names: Sequence[str], plist: Sequence[torch.Tensor],
+                         grads: Sequence[torch.Tensor | None], vector: Mapping[str, torch.Tensor]) -> None:
+    """``total += d/dθ (grads · vector)`` for one batch's ``grads`` taken with ``create_graph=True``."""
+    z = sum((g * vector[n]).sum() for n, g in zip(names, grads) if g is not None)
+    if not isinstance(z, torch.Tensor) or not z.requires_grad:
+        return  # the loss is linear in these weights: H v = 0
+    for n, h in zip(names, torch.autograd.grad(z, plist, allow_unused=True)):
+        if h is not None:
+            total[n] += h.detach()
 
 
 def accumulate_gate_grads(totals: dict[int, torch.Tensor], groups: Sequence, grads: Sequence) -> None:

@@ -26,7 +26,7 @@ from ..errors import PruningError
 from ..loss import batch_loss
 from ..prunable import prunable_parameters
 from ..structured.gates import channel_gates
-from ._autograd import accumulate_gate_grads, hessian_gradient_product, loss_gradient
+from ._autograd import accumulate_gate_grads, gradient_and_hessian_gradient
 from .official import Official, earlycrop_schedule
 from .spec import Criterion, Scoring
 
@@ -36,8 +36,7 @@ _WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
 def crop_importance(scoring: Scoring) -> dict[str, torch.Tensor]:
     """|θ ⊙ (H g)| under the current masks; higher = keep."""
     model, params, batches, loss_fn = scoring.model, scoring.params, scoring.batches, scoring.loss_fn
-    grads = loss_gradient(model, params, batches, loss_fn, masks=scoring.masks)
-    hg = hessian_gradient_product(model, params, batches, grads, loss_fn)
+    _, hg = gradient_and_hessian_gradient(model, params, batches, loss_fn, masks=scoring.masks)
     return {n: (p.detach() * hg[n]).abs() for n, p in params.items()}
 
 
@@ -50,25 +49,33 @@ def crop_channel_importance(scoring: Scoring) -> dict[int, torch.Tensor]:
     names, weights = list(named), list(named.values())
     mask_of = dict(scoring.masks or {})
     flow_target = [torch.zeros_like(w) for w in weights]
-    for batch in batches:  # g without a graph, summed over the batches
-        loss = batch_loss(model, batch, loss_fn)
-        for acc, grad in zip(flow_target, torch.autograd.grad(loss, weights, allow_unused=True)):
-            if grad is not None:
-                acc += grad
-    for i, name in enumerate(names):  # gradient flow under the current mask (pruned weights don't count)
-        if name in mask_of:
-            flow_target[i] = flow_target[i] * mask_of[name].to(device=flow_target[i].device,
-                                                               dtype=flow_target[i].dtype)
     totals = {g.index: torch.zeros(g.size, dtype=torch.float64) for g in groups}
+    # The gates are 1, so the gated model computes the same g; the last batch's gradient is taken once with
+    # its graph kept and differentiated again for ∂z/∂c (as gradient_and_hessian_gradient does).
     with channel_gates(model, groups) as gates:
         gate_list = [gates[g.index] for g in groups]
-        for batch in batches:
+        for index, batch in enumerate(batches):  # g, summed over the batches
             loss = batch_loss(model, batch, loss_fn)
-            flow = torch.autograd.grad(loss, weights, create_graph=True, allow_unused=True)
+            last = index == len(batches) - 1
+            kept = torch.autograd.grad(loss, weights, create_graph=last, allow_unused=True)
+            for acc, grad in zip(flow_target, kept):
+                if grad is not None:
+                    acc += grad.detach()
+        for i, name in enumerate(names):  # gradient flow under the current mask (pruned weights don't count)
+            if name in mask_of:
+                flow_target[i] = flow_target[i] * mask_of[name].to(device=flow_target[i].device,
+                                                                   dtype=flow_target[i].dtype)
+
+        def add_gate_grads(flow) -> None:
             z = sum((f * g).sum() for f, g in zip(flow, flow_target) if f is not None)
-            if not isinstance(z, torch.Tensor) or not z.requires_grad:
-                continue  # the loss does not depend on the gates through the weights' gradient
-            accumulate_gate_grads(totals, groups, torch.autograd.grad(z, gate_list, allow_unused=True))
+            if isinstance(z, torch.Tensor) and z.requires_grad:  # else no dependence through the gradient
+                accumulate_gate_grads(totals, groups, torch.autograd.grad(z, gate_list, allow_unused=True))
+
+        add_gate_grads(kept)
+        del kept, loss
+        for batch in batches[:-1]:
+            loss = batch_loss(model, batch, loss_fn)
+            add_gate_grads(torch.autograd.grad(loss, weights, create_graph=True, allow_unused=True))
     return {k: v.abs() for k, v in totals.items()}
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import PruningError
-from ._autograd import hessian_gradient_product, loss_gradient
+from ._autograd import gradient_and_hessian_gradient
 from .official import Official, xavier_redraw_linear
 from .spec import Criterion, Scoring
 
@@ -42,8 +42,7 @@ def grasp_importance(
     model, params, batches, loss_fn = scoring.model, scoring.params, scoring.batches, scoring.loss_fn
     if reinit:
         xavier_redraw_linear(model, scoring.masks)
-    grads = loss_gradient(model, params, batches, loss_fn, temperature, masks=scoring.masks)
-    hg = hessian_gradient_product(model, params, batches, grads, loss_fn, temperature)
+    _, hg = gradient_and_hessian_gradient(model, params, batches, loss_fn, temperature, masks=scoring.masks)
     return {n: p.detach() * hg[n] for n, p in params.items()}
 
 

@@ -1,0 +1,131 @@
+"""Every faster scoring path against the plain route it replaces: same scores (float tolerance), same masks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import earlyprune as ep
+from earlyprune.criteria._autograd import (
+    gradient_and_hessian_gradient,
+    hessian_gradient_product,
+    loss_gradient,
+)
+from earlyprune.loss import batch_loss, default_loss
+from earlyprune.selection import select, top_by_position
+from earlyprune.structured.gates import channel_gates
+from earlyprune.structured.groups import channel_groups
+
+
+def conv_net(seed: int = 0) -> nn.Module:
+    """A tiny conv net with BatchNorm (train-mode batch statistics make the Hessian non-trivial)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3),
+    ).double()
+
+
+def batches(count: int, seed: int = 1) -> list:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(5, 2, 6, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (5,), generator=g))
+            for _ in range(count)]
+
+
+def weights(model: nn.Module) -> dict:
+    return {n: p for n, p in model.named_parameters() if p.dim() > 1}
+
+
+@pytest.mark.parametrize("count", [1, 3])
+@pytest.mark.parametrize("masked", [False, True])
+def test_reused_graph_gives_the_plain_two_pass_gradient_and_hessian_product(count, masked):
+    model = conv_net()
+    model.train()
+    params = weights(model)
+    data = batches(count)
+    masks = None
+    if masked:
+        gen = torch.Generator().manual_seed(3)
+        masks = {n: (torch.rand(p.shape, generator=gen) > 0.4).double() for n, p in params.items()}
+    plain_g = loss_gradient(model, params, data, default_loss, 200.0, masks=masks)
+    plain_hg = hessian_gradient_product(model, params, data, plain_g, default_loss, 200.0)
+    fast_g, fast_hg = gradient_and_hessian_gradient(model, params, data, default_loss, 200.0, masks=masks)
+    for n in params:
+        torch.testing.assert_close(fast_g[n], plain_g[n], rtol=1e-10, atol=1e-14)
+        torch.testing.assert_close(fast_hg[n], plain_hg[n], rtol=1e-9, atol=1e-14)
+        assert plain_hg[n].abs().sum() > 0  # a real comparison, not of zeros
+
+
+@pytest.mark.parametrize("method", ["grasp", "crop"])
+def test_grasp_and_crop_masks_equal_those_of_the_plain_route(method):
+    model = conv_net()
+    data = batches(2)
+    fast = ep.score(model, method, data)
+    params = weights(model)
+    model.train()
+    temperature = 200.0 if method == "grasp" else 1.0
+    g = loss_gradient(model, params, data, default_loss, temperature)
+    hg = hessian_gradient_product(model, params, data, g, default_loss, temperature)
+    plain = {n: p.detach() * hg[n] for n, p in params.items()}
+    if method == "crop":
+        plain = {n: v.abs() for n, v in plain.items()}
+    fast = {n: fast[n] for n in params}
+    for n in params:
+        torch.testing.assert_close(fast[n], plain[n], rtol=1e-9, atol=1e-14)
+    fast_masks, _ = select(fast, 0.6)
+    plain_masks, _ = select(plain, 0.6)
+    assert all(torch.equal(fast_masks[n], plain_masks[n]) for n in params)
+
+
+def plain_structured_crop(model, groups, data):
+    """The two-pass structured CroP: g without a graph first, then per batch ∂(g·∇_w L_b)/∂c."""
+    named = {n: p for n, p in model.named_parameters() if p.dim() > 1}
+    w = list(named.values())
+    target = [torch.zeros_like(p) for p in w]
+    for batch in data:
+        for acc, grad in zip(target, torch.autograd.grad(batch_loss(model, batch, default_loss), w)):
+            acc += grad
+    totals = {g.index: torch.zeros(g.size, dtype=torch.float64) for g in groups}
+    with channel_gates(model, groups) as gates:
+        gate_list = [gates[g.index] for g in groups]
+        for batch in data:
+            flow = torch.autograd.grad(batch_loss(model, batch, default_loss), w, create_graph=True)
+            z = sum((f * t).sum() for f, t in zip(flow, target))
+            for g, grad in zip(groups, torch.autograd.grad(z, gate_list, allow_unused=True)):
+                if grad is not None:
+                    totals[g.index] += grad.detach().double()
+    return {k: v.abs() for k, v in totals.items()}
+
+
+def test_structured_crop_reusing_the_graph_equals_the_two_pass_route():
+    from earlyprune.criteria.compute import compute_channel_importance
+
+    model = conv_net()
+    data = batches(3)
+    groups = channel_groups(model, data[0][0][:1])
+    fast = compute_channel_importance(model, "crop", groups, data)
+    model.train()
+    plain = plain_structured_crop(model, groups, data)
+    assert fast.keys() == plain.keys()
+    for k in plain:
+        torch.testing.assert_close(fast[k], plain[k], rtol=1e-9, atol=1e-14)
+        assert plain[k].sum() > 0
+
+
+def stable_sort_top(values: torch.Tensor, count: int) -> torch.Tensor:
+    keep = torch.zeros_like(values, dtype=torch.bool)
+    keep[torch.sort(values, descending=True, stable=True).indices[:count]] = True
+    return keep
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_top_by_position_is_the_stable_sort_selection_with_ties_and_minus_infinity(seed):
+    gen = torch.Generator().manual_seed(seed)
+    values = torch.randint(0, 5, (200,), generator=gen).double()  # many ties
+    values[torch.rand(200, generator=gen) < 0.2] = -math.inf
+    for count in [0, 1, 7, 50, 120, 170, 199, 200, 250]:
+        assert torch.equal(top_by_position(values, count), stable_sort_top(values, count)), count
