@@ -23,6 +23,7 @@ from .criteria import Criterion, resolve
 from .distributed import broadcast_decision, unwrap
 from .errors import PruningError
 from .metrics import report
+from .prunable import prunable_parameters
 from .pruning import prune
 from .selection import check_sparsity
 from .structured import prune_channels
@@ -105,6 +106,7 @@ class EarlyPruner:
                                "of the training set")
         self.data = data
         self.structured = structured
+        check_optimizer(model, optimizer)  # one that holds none of the model's weights would train nothing
         self.optimizer = optimizer
         self.at_epoch = at_epoch
         self.schedule = schedule
@@ -125,6 +127,7 @@ class EarlyPruner:
         """Call after each epoch; prunes when due and returns the :class:`PruneEvent` of that epoch."""
         self.epoch = self.epoch + 1 if epoch is None else epoch
         if optimizer is not None:
+            check_optimizer(self.model, optimizer)
             self.optimizer = optimizer
         if self.fired:
             return None
@@ -151,12 +154,38 @@ class EarlyPruner:
         self.result = call(self.model, self.method, self.sparsity, self.data, optimizer=self.optimizer,
                            schedule=self.schedule, task=self.task, preset=self.preset, **options)
         seconds = time.perf_counter() - start
+        if self.optimizer is not None:  # the surgery swaps parameters: the optimizer must follow them
+            check_optimizer(self.model, self.optimizer, after="the prune")
         after = report(self.model, example_inputs=example)
         self.event = PruneEvent(
             self.epoch, self.sparsity, self.structured, before.params, after.params, before.nonzero,
             after.nonzero, before.effective_flops, after.effective_flops, seconds, reason,
         )
         return self.event
+
+
+def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer | None, after: str | None = None) -> None:
+    """Refuse an ``optimizer`` that does not hold the trainable prunable weights of ``model``: with none of
+    them, ``optimizer.step()`` moves nothing and training stalls silently (an optimizer built for another
+    model, or before a copy); with some missing, those layers would never train. ``after`` names what just
+    changed the model (a structured prune) for the message."""
+    if optimizer is None:
+        return
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    trainable = {name: p for name, p in prunable_parameters(model).items() if p.requires_grad}
+    missing = [name for name, p in trainable.items() if id(p) not in held]
+    if not missing:
+        return
+    when = f"after {after}, " if after else ""
+    if len(missing) == len(trainable):
+        raise PruningError(
+            f"{when}the optimizer holds none of the model's weights ({', '.join(missing[:3])}, ...): "
+            "optimizer.step() would move nothing. Build it from this model's parameters "
+            "(torch.optim.SGD(model.parameters(), ...)), after any deepcopy or .to() that replaced them")
+    raise PruningError(
+        f"{when}the optimizer does not hold {len(missing)} of the model's trainable weights "
+        f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}): they would never train. Build it from "
+        "model.parameters(), or freeze those weights (requires_grad=False) if that is meant")
 
 
 def _example_input(data: Any) -> Any:
