@@ -22,6 +22,7 @@ from .errors import PruningError
 from .loss import LossFn
 from .masking import applied_masks
 from .masks import Masks
+from .progress import rounds
 from .prunable import NO_PRUNABLE, prunable_parameters
 from .schedules import schedule_targets
 from .scoring_data import scoring_batches
@@ -204,7 +205,7 @@ def prune(
     original = {n: p.detach().clone() for n, p in params.items()} if ablation == "shuffle" else {}
     started = time.perf_counter()
     collapsed: list[str] = []
-    for round_index, target in enumerate(targets):
+    for round_index, target in enumerate(rounds(targets, f"{criterion.name} rounds")):  # progress once slow
         importance = compute_importance(
             model, criterion, params, batches, masks=current, loss_fn=loss, seed=seed + round_index, train=train,
             **options

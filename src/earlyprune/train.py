@@ -1,5 +1,6 @@
 """One plain, fast training loop: SGD/Adam, the papers' step schedules, cosine and one-cycle, evaluation
-every epoch, wall time and peak memory, progress bars that stay quiet when not on a terminal.
+every epoch, wall time and peak memory, a progress bar on a terminal and plain progress lines with ETA
+elsewhere (:mod:`earlyprune.progress`), each epoch's metrics printed as it ends.
 
 It works with any model and any iterable of ``(inputs, targets)`` batches, takes its loss and metric from
 the task (:mod:`earlyprune.tasks`: classification with accuracy by default, regression with RMSE and R²,
@@ -23,6 +24,8 @@ from .batches import to_device
 from .calling import predict
 from .errors import PruningError
 from .model_state import model_device, model_dtype, preserved_modes
+from .progress import epoch_summary
+from .progress import progress as progress_reporter
 from .settings import check_declared
 from .tasks import Task
 from .tasks import get as get_task
@@ -58,7 +61,7 @@ class TrainConfig:
     threads: int | None = field(default=None, metadata={
         "help": "CPU threads torch uses (torch.set_num_threads); part of the run's key: on the CPU the result "
                 "depends on it", "min": 1, "none": "torch's default, resolved and recorded"})
-    progress: bool | None = field(default=None, metadata={"setting": False})  # None: a bar only on a terminal
+    progress: bool | None = field(default=None, metadata={"setting": False})  # None: bar on a terminal, else lines
 
     def __post_init__(self) -> None:
         check_declared(self)
@@ -251,7 +254,7 @@ def train(
                     meter.update(outputs.detach(), targets)
                 if progress is not None:
                     progress.update(1)
-                    progress.set_postfix(epoch=epoch, loss=f"{float(loss):.3f}", refresh=False)
+                    progress.set_postfix(epoch=epoch, loss=f"{float(loss.detach()):.3f}", refresh=False)
             if meter.count == 0:
                 raise PruningError("the training data is empty")
             trained = meter.result()
@@ -273,6 +276,8 @@ def train(
                             time.perf_counter() - epoch_start, metric_name=task.metric,
                             train_metric=train_metric, test_metric=test_metric, test_metrics=tested)
             )
+            if progress is not None:  # the epoch's metrics in the run's log as soon as it ends
+                progress.write(epoch_summary(result.history[-1], config.epochs, description))
     finally:
         if progress is not None:
             progress.close()
@@ -322,8 +327,6 @@ def _length(loader: Iterable[Any]) -> int | None:
 
 
 def _progress(enabled: bool | None, total: int, description: str):
-    if enabled is False or (enabled is None and not sys.stderr.isatty()):
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total or None, desc=description, leave=False, dynamic_ncols=True)
+    """A bar on a terminal, plain lines with ETA at every 10% elsewhere, nothing when disabled
+    (:mod:`earlyprune.progress`)."""
+    return progress_reporter(enabled, total, description)

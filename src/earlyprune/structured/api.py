@@ -18,6 +18,7 @@ from ..criteria.compute import require_structured
 from ..distributed import unwrap
 from ..errors import PruningError
 from ..model_state import model_device, model_dtype
+from ..progress import rounds
 from ..schedules import schedule_targets
 from ..scoring_data import scoring_batches
 from ..selection import ZERO_SCORE_POLICIES, check_not_all_zero, check_sparsity
@@ -165,7 +166,7 @@ def prune_channels(
     combined: ShrinkResult | None = None
     original_total = None
     left_whole: dict[str, str] = {}
-    for round_index, target in enumerate(targets):
+    for round_index, target in enumerate(rounds(targets, f"{criterion.name} structured rounds")):  # progress once slow
         plan = build_groups(model, example_inputs, ignored_layers=ignored)
         left_whole.update(plan.left_whole)
         current_total = sum(g.size for g in plan.groups)
