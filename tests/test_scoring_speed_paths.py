@@ -129,3 +129,81 @@ def test_top_by_position_is_the_stable_sort_selection_with_ties_and_minus_infini
     values[torch.rand(200, generator=gen) < 0.2] = -math.inf
     for count in [0, 1, 7, 50, 120, 170, 199, 200, 250]:
         assert torch.equal(top_by_position(values, count), stable_sort_top(values, count)), count
+
+
+def plain_synflow_rounds(model, sparsity, iterations, **settings):
+    """The plain route: one compute_importance call and one select per round."""
+    from earlyprune.criteria import compute_importance
+    from earlyprune.prunable import prunable_parameters
+    from earlyprune.schedules import schedule_targets
+    from earlyprune.selection import reshape_like
+
+    options = {k: settings.pop(k) for k in ("double",) if k in settings}
+    params = prunable_parameters(model)
+    current = None
+    for index, target in enumerate(schedule_targets(sparsity, None, iterations)):
+        importance = compute_importance(model, "synflow", params, None, masks=current, seed=index, **options)
+        flat, _ = select(importance, target, current=current, **settings)
+        current = reshape_like(flat, params)
+        with torch.no_grad():
+            for name, param in params.items():
+                param.mul_(current[name])
+    return current
+
+
+def synflow_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(2, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+    )
+    with torch.no_grad():  # BatchNorm statistics away from their defaults, so their abs() matters
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+    model.input_shape = (2, 5, 5)
+    return model
+
+
+@pytest.mark.parametrize("settings", [{}, {"scope": "layer"}, {"rule": "official"}, {"double": True},
+                                      {"on_collapse": "keep_min"}])
+def test_synflow_rounds_in_place_give_the_plain_routes_masks(settings):
+    fast_model, plain_model = synflow_net(), synflow_net()
+    before = {k: v.clone() for k, v in fast_model.state_dict().items()}
+    masks = ep.prune(fast_model, "synflow", 0.95, iterations=12, **settings)
+    plain = plain_synflow_rounds(plain_model, 0.95, 12, **settings)
+    assert masks.keys() == plain.keys()
+    for name in plain:
+        assert torch.equal(masks[name].bool(), plain[name].bool()), name
+    # the model is back as it was, with only the pruned entries zeroed: signs, dtype, BatchNorm buffers
+    after = fast_model.state_dict()
+    for key, value in before.items():
+        expected = value * masks[key].to(value.dtype) if key in masks else value
+        assert after[key].dtype == value.dtype
+        assert torch.equal(after[key], expected), key
+    assert all(p.requires_grad for p in fast_model.parameters())
+    assert all(p.grad is None for p in fast_model.parameters())
+
+
+def test_synflow_rounds_continue_from_applied_masks_like_the_plain_route():
+    fast_model, plain_model = synflow_net(1), synflow_net(1)
+    for model in (fast_model, plain_model):
+        ep.prune(model, "magnitude", 0.5)
+    masks = ep.prune(fast_model, "synflow", 0.9, iterations=5)
+    from earlyprune.criteria import compute_importance
+    from earlyprune.masking import applied_masks
+    from earlyprune.prunable import prunable_parameters
+    from earlyprune.schedules import schedule_targets
+    from earlyprune.selection import reshape_like
+
+    params = prunable_parameters(plain_model)
+    current = {n: m for n, m in applied_masks(plain_model).items()}
+    for index, target in enumerate(schedule_targets(0.9, None, 5)):
+        importance = compute_importance(plain_model, "synflow", params, None, masks=current, seed=index)
+        flat, _ = select(importance, target, current=current)
+        current = reshape_like(flat, params)
+    for name in current:
+        assert torch.equal(masks[name].bool(), current[name].bool()), name
+    assert not any(bool((masks[n].bool() & ~applied_masks(plain_model)[n].bool()).any()) for n in current)

@@ -17,6 +17,7 @@ from torch import nn
 from . import presets
 from .ablations import check_ablation, inverted, reinitialise_kept, shuffled
 from .criteria import Criterion, compute_importance, registered, resolve
+from .criteria.synflow_rounds import runs_in_place, synflow_rounds
 from .distributed import unwrap
 from .errors import PruningError
 from .loss import LossFn
@@ -205,7 +206,16 @@ def prune(
     original = {n: p.detach().clone() for n, p in params.items()} if ablation == "shuffle" else {}
     started = time.perf_counter()
     collapsed: list[str] = []
-    for round_index, target in enumerate(rounds(targets, f"{criterion.name} rounds")):  # progress once slow
+    in_place = len(targets) > 1 and runs_in_place(criterion, train, ablation)
+    if in_place:  # SynFlow's rounds: the network linearised once, not once per round (same masks)
+        current, collapsed = synflow_rounds(
+            model, params, targets, current, batches=batches, scope=scope, rule=rule, on_collapse=on_collapse,
+            min_per_layer=min_per_layer, on_zero_scores=on_zero_scores, seed=seed,
+            description=f"{criterion.name} rounds", **options)
+        with torch.no_grad():
+            for name, param in params.items():
+                param.mul_(current[name])
+    for round_index, target in enumerate(rounds([] if in_place else targets, f"{criterion.name} rounds")):  # progress once slow
         importance = compute_importance(
             model, criterion, params, batches, masks=current, loss_fn=loss, seed=seed + round_index, train=train,
             **options
