@@ -1,5 +1,6 @@
 """Atomic file writes: write aside, flush to disk, rename over. A process killed at any moment leaves
-either the old file or the complete new one, never a torn file, and no temporary file behind.
+either the old file or the complete new one, never a torn file. A write that fails removes its temporary
+file; one killed by SIGKILL may leave a hidden ``.NAME.*.tmp`` beside the file, which nothing reads.
 
 Every file earlyprune writes goes through :func:`atomic_write` (records, exports, reports, plots, masks,
 cached arrays). A write that fails for lack of room or an I/O error raises :class:`StorageError`, which
@@ -22,6 +23,9 @@ _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFB
 class StorageError(OSError):
     """A file could not be written because of the storage (disk full, quota, I/O error, read-only file
     system): the message names the errno and the path. An :class:`OSError` with the original ``errno``."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()  # "ENOSPC (No space left on device) writing PATH"
 
 
 def storage_error(error: OSError, path: str | os.PathLike[str]) -> StorageError:
