@@ -139,3 +139,24 @@ def test_no_ablation_is_the_plain_pruning():
     none = ep.prune(copy.deepcopy(model), "snip", 0.8, data=batches, ablation=None)
     assert all(torch.equal(plain[n], none[n]) for n in plain)
     assert plain.info["ablation"] is None
+
+
+def test_report_section_and_layer_plot_read_the_records(tmp_path):
+    from earlyprune.experiments.sanity_report import layer_densities, plot_layer_density, sanity_section
+
+    def record(method, ablation, seed, accuracy, preset="paper"):
+        return {"dataset": "mnist", "model": "lenet300", "method": method, "sparsity": 0.9, "seed": seed,
+                "ablation": ablation, "preset": preset, "final_accuracy": accuracy, "final_metric": accuracy,
+                "metric_name": "accuracy", "layer_density": {"fc1.weight": 0.05 + seed / 100, "fc2.weight": 0.3}}
+
+    records = [record("snip", "none", 0, 0.90), record("snip", "none", 1, 0.92), record("snip", "invert", 0, 0.5),
+               record("grasp", "none", 0, 0.91, preset="official")]
+    text = sanity_section(records)
+    row = next(line for line in text.splitlines() if line.startswith("| snip |"))
+    assert "91.00 ± 1.41" in row and "50.00 ± 0.00 (-41.00) (n=1)" in row
+    assert "| grasp [official] | 90% | 91.00 ± 0.00 (n=1) |" in text
+    assert sanity_section([r for r in records if r["ablation"] == "none"]) == ""  # no ablation: no section
+    densities = layer_densities(records)[("mnist", "lenet300", 0.9)]
+    assert densities["snip"]["fc1.weight"] == pytest.approx(0.055)  # mean over the seeds, no ablation only
+    assert plot_layer_density(records, tmp_path / "layers.png") and (tmp_path / "layers.png").stat().st_size > 0
+    assert not plot_layer_density([{**r, "layer_density": None} for r in records], tmp_path / "none.png")

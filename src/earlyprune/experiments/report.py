@@ -24,6 +24,7 @@ from typing import Any, Iterable
 
 from ..atomic import atomic_write, atomic_write_text
 from .config import DENSE
+from .sanity_report import plot_layer_density, sanity_section
 from .store import ResultsStore
 
 #: How a task's main metric is shown: its label, the factor it is shown in, and whether higher is better.
@@ -76,6 +77,10 @@ def _variant(record: dict[str, Any]) -> str:
         name += " (structured)"
     if record.get("when", "init") != "init" and record["method"] != DENSE:
         name += f" @{record['when']}"
+    if record.get("preset", "paper") != "paper":
+        name += f" [{record['preset']}]"
+    if (record.get("ablation") or "none") != "none":
+        name += f" [{record['ablation']}]"
     return name
 
 
@@ -287,7 +292,8 @@ _VARIANT_LOOK = {
 
 def _parse_variant(variant: str) -> tuple[str, bool, bool]:
     """``_variant``'s label back to (method, structured, pruned after init)."""
-    return variant.split(" (structured)")[0].split(" @")[0], " (structured)" in variant, " @" in variant
+    method = variant.split(" [")[0].split(" (structured)")[0].split(" @")[0]
+    return method, " (structured)" in variant, " @" in variant
 
 
 def _shade(colour: str, amount: float) -> tuple[float, float, float]:
@@ -605,6 +611,9 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
         notes += f"{len(unmeasured)} run(s) with epochs = 0 (nothing measured) are left out.\n\n"
     if elsewhere:
         notes += f"results.jsonl also holds {elsewhere} record(s) that are not in this store (kept from the file).\n\n"
+    if plot_layer_density(records, out / "layer_density.png"):
+        figures.append("layer_density.png")
+    tables += sanity_section(records)
     text = f"# Results: {results_dir}\n\n{len(records)} runs.\n\n{notes}{tables}\n" + "".join(
         f"![{f}]({f})\n\n" for f in figures
     )
