@@ -29,8 +29,8 @@ class _RunHelp(argparse.HelpFormatter):
             if isinstance(default, tuple):
                 return text + f" (default: {' '.join(map(str, default))})"
             return text + " (default: %(default)s)"
-        if "default" not in text and action.default is not None and action.default is not argparse.SUPPRESS \
-                and action.nargs != 0:  # not for a flag without a value (store_true)
+        if "default" not in text and action.default not in (None, [], argparse.SUPPRESS) \
+                and action.nargs != 0:  # not for a flag without a value (store_true), nor an empty list
             text += " (default: %(default)s)"
         return text
 
@@ -202,13 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="earlyprune", description="Prune neural networks before and early in training."
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"earlyprune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="prune, train and evaluate one model; append a JSON-lines record",
                          formatter_class=_RunHelp)
     _add_run_arguments(run)
     run.add_argument("--data-dir", default=None, help="where datasets live (default: $EARLYPRUNE_DATA)")
-    run.add_argument("--cache-dir", default=None, help="where decoded arrays are cached")
+    run.add_argument("--cache-dir", default=None,
+                     help="where decoded arrays are cached (default: $EARLYPRUNE_CACHE, else ~/.cache/earlyprune)")
     run.add_argument("--out", default="results/runs.jsonl", help="JSON-lines file the record is appended to")
     run.add_argument("--store", default=None, help="also add the record to the results store in this directory")
     run.add_argument("--skip-existing", action="store_true",
@@ -217,21 +221,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="compare every method on the embedded MNIST sample (about a minute on 2 cores)")
-    demo.add_argument("--out", default="demo", help="folder for the table and the plot")
-    demo.add_argument("--epochs", type=int, default=3)
-    demo.add_argument("--threads", type=int, default=None)
+    demo.add_argument("--out", default="demo", help="folder for the table and the plot (default: demo)")
+    demo.add_argument("--epochs", type=int, default=3, help="training epochs of each method (default: 3)")
+    demo.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's own)")
     demo.set_defaults(func=cmd_demo)
 
     sweep = sub.add_parser("sweep", help="run a grid of experiments from a TOML file, resumable")
     sweep.add_argument("config", help="TOML file naming the grid and the recipe")
     sweep.add_argument("--results", default=None, help="results directory (default: from the config)")
-    sweep.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
+    sweep.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default: 1)")
     sweep.add_argument("--dry-run", action="store_true", help="list the cells that would run")
-    sweep.add_argument("--data-dir", default=None)
+    sweep.add_argument("--data-dir", default=None, help="where datasets live (default: $EARLYPRUNE_DATA)")
     sweep.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available; default)")
     sweep.add_argument("--executor", default="local", choices=("local", "ray"),
                        help="where the cells run: local processes, or Ray tasks (pip install 'earlyprune[ray]'); "
-                            "this process alone writes the store either way (docs/cluster.md)")
+                            "this process alone writes the store either way (docs/cluster.md) (default: local)")
     sweep.add_argument("--address", default=None, metavar="HOST:PORT",
                        help="the Ray cluster to use (ray start --head's address, or auto); default: $RAY_ADDRESS, "
                             "else a Ray instance started on this machine")
@@ -246,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(func=cmd_sweep)
 
     rep = sub.add_parser("report", help="tables and plots of a results directory")
-    rep.add_argument("results_dir")
+    rep.add_argument("results_dir", help="a results directory written by earlyprune sweep (or its shards)")
     rep.add_argument("--out", default=None, help="where report.md and the PNGs go (default: results_dir)")
     rep.set_defaults(func=cmd_report)
     return parser
