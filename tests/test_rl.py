@@ -247,3 +247,14 @@ def test_settings_that_do_not_apply_are_refused():
 
     with pytest.raises(ep.PruningError, match="steps-per-epoch"):
         run_experiment(RunConfig(dataset="mnist-sample", steps_per_epoch=10, epochs=1), device="cpu")
+
+
+def test_dqn_mlp_is_the_zoo_q_network():
+    q = models.create("dqn")
+    assert sum(p.numel() for p in q.parameters()) == (4 + 1) * 256 + 257 * 256 + 257 * 2
+    assert q.task == "reinforcement_learning" and models.spec("dqn-mlp").inputs == "observations"
+    assert sum(isinstance(m, nn.ReLU) for m in q.modules()) == 2
+    (batch, _), = transitions(n=5)
+    assert torch.equal(ep.calling.predict(q, batch), q(batch["obs"]))  # called on a batch's observations
+    with pytest.raises(ValueError, match="obs_dim"):
+        models.create("dqn-mlp", in_channels=3)

@@ -74,7 +74,8 @@ def test_registry_kinds_aliases_and_defaults():
     assert models.names() == ["lenet300", "lenet5", "vgg11", "vgg16", "vgg19",
                               "resnet20", "resnet32", "resnet44", "resnet56", "resnet18"]
     assert models.names("tokens") == TOKEN_MODELS and models.names("features") == ["mlp-regressor"]
-    assert models.names(None) == models.names() + NEW_MODELS
+    assert models.names("observations") == ["dqn-mlp"]  # the Q-network of earlyprune.rl
+    assert models.names(None) == models.names() + NEW_MODELS + ["dqn-mlp"]
     with pytest.raises(ValueError, match="kind of input"):
         models.names("audio")
     for alias, name in [("Kim-CNN", "textcnn"), ("transformer", "transformer-encoder"), ("lstm", "lstm-lm"),
