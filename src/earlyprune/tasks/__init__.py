@@ -13,7 +13,8 @@ criteria score with (``task(outputs, targets)``), and it checks that its loss ca
 a model with one output per example, regression targets of another shape than the outputs, or
 next-token outputs without a sequence dimension are errors, never a silent zero loss.
 
-Reinforcement learning is a hook (:class:`TransitionTask`, see :mod:`.reinforcement`), not built.
+Reinforcement learning is a hook (:class:`TransitionTask`, see :mod:`.reinforcement`); its loss needs an
+agent's target network, so it has no name here: :class:`earlyprune.rl.DQNLoss` is DQN's.
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ def get(task: "str | Task | None" = None) -> Task:
             return _TASKS[key]
         if key in ("reinforcement_learning", "rl"):
             raise PruningError(
-                "reinforcement learning is a hook, not a built-in task: subclass "
-                "earlyprune.tasks.TransitionTask, implement batch_loss from a batch of transitions, and pass "
-                "the object as task="
+                "reinforcement learning has no task by name (its loss needs the agent's target network): pass "
+                "a TransitionTask object as task=, e.g. earlyprune.rl.DQNLoss(target_network), or subclass "
+                "earlyprune.tasks.TransitionTask and implement batch_loss from a batch of transitions"
             )
     raise PruningError(f"unknown task {task!r}; known tasks: {', '.join(_TASKS)}, or a earlyprune.tasks.Task")
 

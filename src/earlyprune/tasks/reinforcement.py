@@ -1,8 +1,9 @@
-"""Reinforcement learning: the hook point, not an agent.
+"""Reinforcement learning: the hook point of the task.
 
-No environment, agent or replay buffer is built here. What a reinforcement-learning task needs from the
-library is a scoring loss computed from a batch of transitions rather than from ``loss(prediction,
-targets)``; :class:`TransitionTask` is that hook. Subclass it and implement :meth:`Task.batch_loss`
+The agent, environment and replay buffer live in :mod:`earlyprune.rl` (DQN on CartPole-v1, whose TD loss
+:class:`earlyprune.rl.DQNLoss` is a :class:`TransitionTask`; gymnasium is needed only there). What a
+reinforcement-learning task needs from the library is a scoring loss computed from a batch of transitions
+rather than from ``loss(prediction, targets)``; :class:`TransitionTask` is that hook. Subclass it and implement :meth:`Task.batch_loss`
 (e.g. a TD error of a Q-network against a target network, or a policy-gradient surrogate); every
 data-based criterion (SNIP, GraSP, CroP, ProsPr) reaches the loss only through ``batch_loss``, so pruning
 works unchanged::
@@ -22,7 +23,8 @@ works unchanged::
 
 The batches stay ``(inputs, targets)`` pairs as everywhere in the library (inputs may be a mapping of
 tensors; targets any tensor, e.g. the rewards). The training loop of :mod:`earlyprune.train` is for
-supervised tasks and refuses a transition task (``supervised = False``): an agent brings its own loop.
+supervised tasks and refuses a transition task (``supervised = False``): an agent brings its own loop
+(:mod:`earlyprune.rl.loop`).
 """
 
 from __future__ import annotations
