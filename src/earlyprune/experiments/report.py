@@ -125,6 +125,11 @@ def summarise(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[s
                     "seconds": statistics.fmean(r.get("train_seconds", 0) + r.get("scoring_seconds", 0) for r in runs),
                     "achieved_sparsity": statistics.fmean(r.get("achieved_sparsity", 0) for r in runs),
                     "training_flops": _mean_of_present(runs, "training_flops"),
+                    # the recipe, for titles and captions: widths, training subsets, epochs, seeds
+                    "widths": sorted({float(r.get("width") or 1.0) for r in runs}),
+                    "subsets": sorted({int(r.get("train_subset") or 0) for r in runs}),
+                    "epochs": sorted({int(r["epochs"]) for r in runs if r.get("epochs") is not None}),
+                    "seed_values": sorted({r.get("seed", 0) for r in runs}),
                 }
         summary[setting] = rows
     return summary
@@ -334,6 +339,45 @@ def _report_styles(summary) -> dict[str, dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------------------
 # Plots.
 
+def _recipe(rows: dict[str, Any], key: str) -> list[Any]:
+    return sorted({v for by in rows.values() for cell in by.values() for v in cell.get(key, [])})
+
+
+def _span(values: list[Any], fmt=str) -> str:
+    return fmt(values[0]) if len(values) == 1 else f"{fmt(values[0])}–{fmt(values[-1])}"
+
+
+def panel_title(setting: tuple[str, str], rows: dict[str, Any]) -> str:
+    """A panel's title: the model with its width, the dataset with its training subset, the epochs and the
+    seeds, e.g. ``resnet20 ×0.5 on cifar10 (first 10,000 training examples), 8 epochs`` over
+    ``2 seeds (0, 1): mean ± std``."""
+    dataset, model = setting
+    widths, subsets, epochs, seeds = (_recipe(rows, k) for k in ("widths", "subsets", "epochs", "seed_values"))
+    model_text = model + ("" if widths in ([], [1.0]) else " ×" + _span(widths, lambda w: f"{w:g}"))
+    if subsets and subsets != [0]:
+        shown = [n for n in subsets if n] or subsets
+        data_text = f"{dataset} (first {_span(shown, lambda n: f'{n:,}')} training examples" + \
+            (", some runs all" if 0 in subsets else "") + ")"
+    else:
+        data_text = dataset
+    first = f"{model_text} on {data_text}" + (f", {_span(epochs)} epochs" if epochs else "")
+    most = max((cell.get("seeds", 1) for by in rows.values() for cell in by.values()), default=1)
+    listed = ", ".join(map(str, seeds[:6])) + (" ..." if len(seeds) > 6 else "")
+    second = (f"{most} seeds ({listed}): mean ± std over seeds" if most > 1 else
+              f"1 seed ({listed}): no spread to show")
+    return f"{first}\n{second}"
+
+
+def figure_captions(summary) -> str:
+    """One caption line per (dataset, model) for report.md: its recipe and what the points and bars are."""
+    lines = []
+    for setting, rows in summary.items():
+        title = panel_title(setting, rows).replace("\n", "; ")
+        lines.append(f"*{title}. Points: the mean over seeds; bars (and the band around the dense line): ± one "
+                     "sample standard deviation over seeds.*")
+    return "\n\n".join(lines) + "\n\n"
+
+
 _LEGEND = {"fontsize": 8, "loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "borderaxespad": 0.0}
 _PANEL_SIZE = (8.4, 4.8)  # inches per (dataset, model) panel, the legend beside it included
 
@@ -352,8 +396,11 @@ def plot_accuracy_vs_remaining(summary, path: Path) -> None:
         for variant, by in rows.items():
             style = styles[variant]
             if variant == DENSE:
-                m, _ = by[None]["accuracy"]
+                m, sd = by[None]["accuracy"]
                 shown = f"{m:.1f}%" if _rows_metric(rows)[0] == "accuracy" else f"{m:.4g}"
+                if sd > 0:  # its spread over seeds as a band
+                    shown += f" ± {sd:.1f}" if _rows_metric(rows)[0] == "accuracy" else f" ± {sd:.2g}"
+                    ax.axhspan(m - sd, m + sd, color=style["color"], alpha=0.1, linewidth=0)
                 ax.axhline(m, color=style["color"], linestyle=style["linestyle"], linewidth=1,
                            label=f"dense ({shown})")
                 continue
@@ -364,16 +411,19 @@ def plot_accuracy_vs_remaining(summary, path: Path) -> None:
             ax.errorbar(xs, ms, yerr=sds, color=style["color"], marker=style["marker"],
                         markersize=5 * style["markerscale"],
                         linestyle=style["linestyle"], capsize=3, label=variant)
-        ax.set_xscale("log")
-        if ticks:  # label the measured densities themselves: "10", "2", "1", "0.5" rather than powers of ten
-            ax.set_xticks(sorted(ticks))
-            ax.set_xticklabels([f"{t:g}" for t in sorted(ticks)])
-            ax.minorticks_off()
+        if ticks:  # round ticks read as plain numbers (1, 2, 5, 10, 20), not the measured values (8.18, 28.1)
+            ax.margins(x=0.06)
+            _plain_log_xaxis(ax)
+            if len(ax.get_xticks()) < 2:  # a narrow range: the measured values after all
+                ax.set_xticks(sorted(ticks))
+                ax.set_xticklabels([f"{t:g}" for t in sorted(ticks)])
             tick_axes.append(ax)
+        else:
+            ax.set_xscale("log")
         ax.invert_xaxis()
         ax.set_xlabel("weights remaining (%, log scale)")
         ax.set_ylabel(f"test {metric_label(*_rows_metric(rows))}")
-        ax.set_title(f"{setting[1]} on {setting[0]}")
+        ax.set_title(panel_title(setting, rows), fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()  # dense (the reference line) first
         order = sorted(range(len(labels)), key=lambda i: not labels[i].startswith(f"{DENSE} ("))
@@ -439,7 +489,7 @@ def plot_accuracy_vs(summary, key: str, label: str, path: Path, only_structured:
             xlabel = xlabel[:-1] + ", log scale)" if xlabel.endswith(")") else xlabel + " (log scale)"
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"test {metric_label(*_rows_metric(summary[setting]))}")
-        ax.set_title(f"{setting[1]} on {setting[0]}")
+        ax.set_title(panel_title(setting, summary[setting]), fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(handles=handles, **_LEGEND)
         labelled.append((ax, points))
@@ -614,7 +664,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     if plot_layer_density(records, out / "layer_density.png"):
         figures.append("layer_density.png")
     tables += sanity_section(records)
-    text = f"# Results: {results_dir}\n\n{len(records)} runs.\n\n{notes}{tables}\n" + "".join(
+    text = f"# Results: {results_dir}\n\n{len(records)} runs.\n\n{notes}{tables}\n" + figure_captions(summary) + "".join(
         f"![{f}]({f})\n\n" for f in figures
     )
     atomic_write_text(out / "report.md", text)
