@@ -118,3 +118,16 @@ def test_earlyprune_run_off_a_terminal(tmp_path):
 
 def test_duration():
     assert duration(4.24) == "4.2s" and duration(75.2) == "1m15s" and duration(3725) == "1h02m"
+
+
+def test_run_experiment_progress_false_silences_the_rounds_too(capsys, monkeypatch):
+    from earlyprune.experiments.config import RunConfig
+    from earlyprune.experiments.run import run_experiment
+
+    monkeypatch.setattr(progress, "ROUNDS_QUIET_SECONDS", 0.0)  # as if each round were slow
+    config = RunConfig.from_dict({"dataset": "mnist-sample", "model": "lenet300", "method": "synflow",
+                                  "sparsity": 0.9, "iterations": 3, "epochs": 0, "train_subset": 200})
+    run_experiment(config, progress=False, device="cpu")  # as sweeps and the demo run
+    assert "synflow rounds" not in capsys.readouterr().err
+    run_experiment(config, device="cpu")  # earlyprune run: progress by terminal
+    assert "synflow rounds: 100% (3/3)" in capsys.readouterr().err

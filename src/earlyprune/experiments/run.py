@@ -11,6 +11,8 @@ instead: a DQN agent, its mean episode return as the metric, the same record."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import platform
 import time
 from typing import Any
@@ -23,6 +25,7 @@ from ..distributed import init_from_environment, rank, unwrap, world_size
 from ..errors import DeviceError, PruningError
 from ..metrics import report
 from ..preflight import check_model_fits, check_targets
+from ..progress import default as progress_default
 from ..pruning import methods, prune
 from ..structured import prune_channels
 from ..tasks import get as get_task
@@ -30,6 +33,20 @@ from ..train import train
 from .config import DENSE, SCORE_MODES, RunConfig
 
 
+def _progress_as_default(function):
+    """``progress`` of :func:`run_experiment` also governs the loops deep in the library (pruning rounds:
+    SynFlow's 100), through :func:`earlyprune.progress.default`: sweeps and the demo pass False."""
+    signature = inspect.signature(function)
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with progress_default(signature.bind(*args, **kwargs).arguments.get("progress")):
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+@_progress_as_default
 def run_experiment(
     config: RunConfig,
     data_dir: str | None = None,
