@@ -218,6 +218,21 @@ def test_a_finished_record_is_kept_when_out_cannot_be_written(tmp_path, capsys, 
     assert f"kept in {fallback}" in err and list(read_records(fallback))[0]["seed"] == 1
 
 
+def test_a_run_killed_between_out_and_the_store_is_completed_not_run_again(tmp_path, capsys, monkeypatch):
+    from earlyprune.experiments import run
+
+    out, store = tmp_path / "runs.jsonl", tmp_path / "store"
+    key = run.with_threads(RunConfig(dataset="mnist-sample", model="lenet300", width=0.25, train_subset=200,
+                                     epochs=1, method="random", sparsity=0.5), 1).key()
+    append_record(out, fake_record(key))  # what a run killed after writing --out leaves
+    monkeypatch.setattr(run, "run_experiment", lambda *a, **k: pytest.fail("ran again"))
+    args = ["run", *TINY, "--threads", "1", "--out", str(out), "--store", str(store), "--skip-existing"]
+    assert main(args) == 0 and "skipped" in capsys.readouterr().out
+    assert [r["key"] for r in read_records(out)] == [key]
+    with ResultsStore(store) as results:
+        assert results.keys() == {key}  # copied into the store
+
+
 # --- 3. inputs checked before any epoch ---------------------------------------------------------------------
 
 def write_mnist(folder: Path, test_label: int) -> Path:
