@@ -207,3 +207,15 @@ def test_synflow_rounds_continue_from_applied_masks_like_the_plain_route():
     for name in current:
         assert torch.equal(masks[name].bool(), current[name].bool()), name
     assert not any(bool((masks[n].bool() & ~applied_masks(plain_model)[n].bool()).any()) for n in current)
+
+
+def test_synflow_rounds_break_ties_by_position_like_the_plain_route():
+    fast_model, plain_model = synflow_net(2), synflow_net(2)
+    for model in (fast_model, plain_model):  # constant weights: whole layers tie at every threshold
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(0.5)
+    masks = ep.prune(fast_model, "synflow", 0.9, iterations=6, on_collapse="allow")
+    plain = plain_synflow_rounds(plain_model, 0.9, 6, on_collapse="allow")
+    for name in plain:
+        assert torch.equal(masks[name].bool(), plain[name].bool()), name
