@@ -99,6 +99,8 @@ def test_earlyprune_refuses_a_torch_pruned_model_naming_the_fix():
         ep.prune(model, "magnitude", 0.5)
     with pytest.raises(PruningError, match="Masks.from_torch_prune"):
         ep.score(model, "magnitude")
+    with pytest.raises(PruningError, match="Masks.from_torch_prune"):
+        ep.prune_channels(model, "snip", 0.5, data=(torch.randn(4, 1, 28, 28), torch.arange(4)))
     masks = ep.Masks.from_torch_prune(model)
     masks.apply(model)
     with warnings.catch_warnings():

@@ -24,6 +24,7 @@ from ..scoring_data import scoring_batches
 from ..selection import ZERO_SCORE_POLICIES, check_not_all_zero, check_sparsity
 from ..tasks import get as get_task
 from ..tasks import scoring_loss
+from ..torch_prune import refuse_torch_pruned
 from .groups import build_groups
 from .importance import channel_importance
 from .selection import select_channels
@@ -145,6 +146,7 @@ def prune_channels(
         raise PruningError(f"on_zero_scores must be one of {ZERO_SCORE_POLICIES}, got {on_zero_scores!r}")
     sparsity = check_sparsity(sparsity)
     model = unwrap(model)
+    refuse_torch_pruned(model)  # torch's weight_orig/weight_mask form: convert with Masks.from_torch_prune
     criterion = resolve(method)
     require_structured(criterion)  # before tracing
     criterion.check_options(options)
