@@ -300,6 +300,18 @@ def test_frozen_and_meta_models_get_a_hint():
         check_trainable(SmallCNN().to("meta"))
 
 
+def test_train_gives_the_hints_too():
+    from earlyprune.train import TrainConfig, train
+
+    batch = [(torch.randn(8, 1, 8, 8), torch.arange(8) % 4)]
+    with pytest.raises(PruningError, match=r"cannot take the training inputs: a batch of shape \(8, 1, 8, 8\)"):
+        train(mlp((10, 4)), batch, None, TrainConfig(epochs=1))
+    with pytest.raises(PruningError, match="frozen"):
+        train(SmallCNN().requires_grad_(False), batch, None, TrainConfig(epochs=1))
+    with pytest.raises(PruningError, match="'meta' device"):
+        train(SmallCNN().to("meta"), batch, None, TrainConfig(epochs=1))
+
+
 def test_early_pruner_checks_method_data_and_optimizer_when_built():
     from earlyprune import EarlyPruner
 

@@ -24,6 +24,7 @@ from .batches import to_device
 from .calling import predict
 from .errors import PruningError
 from .model_state import model_device, model_dtype, preserved_modes
+from .preflight import check_trainable
 from .progress import epoch_summary
 from .progress import progress as progress_reporter
 from .settings import check_declared
@@ -223,6 +224,7 @@ def train(
     """
     task = _supervised(task)
     classification = task.metric == "accuracy"
+    check_trainable(model)  # a meta-device or all-frozen model: a hint now, not a raw torch error later
     if config.threads:
         torch.set_num_threads(config.threads)
     optimizer = optimizer or make_optimizer(model, config)
@@ -242,7 +244,10 @@ def train(
             for inputs, targets in train_loader:
                 inputs, targets = to_device(inputs, device, dtype), targets.to(device)
                 optimizer.zero_grad(set_to_none=True)
-                outputs = predict(model, inputs)
+                if checked:
+                    outputs = predict(model, inputs)
+                else:
+                    outputs = _first_prediction(model, inputs)
                 if not checked:  # the task's loss must apply (checked once: the checks synchronise a GPU)
                     task.check(outputs, targets)
                     checked = True
@@ -284,6 +289,21 @@ def train(
     result.seconds = time.perf_counter() - started
     result.peak_memory_mb = peak_memory_mb(device)
     return result
+
+
+def _first_prediction(model: nn.Module, inputs: Any) -> Any:
+    """The model's prediction on the first batch; an error there (inputs of a shape or type the model
+    cannot take) becomes a :class:`PruningError` that says what the inputs were."""
+    try:
+        return predict(model, inputs)
+    except PruningError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError) as error:
+        shape = f"of shape {tuple(inputs.shape)} ({inputs.dtype})" if isinstance(inputs, torch.Tensor) else \
+            f"a {type(inputs).__name__}"
+        raise PruningError(f"the model cannot take the training inputs: a batch {shape} gave "
+                           f"{type(error).__name__}: {error}. Is the model meant for this data (its input size, "
+                           "channels, or token ids)?") from error
 
 
 def reset_peak_memory(device: torch.device | None = None) -> None:

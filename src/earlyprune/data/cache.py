@@ -43,7 +43,7 @@ def cached_arrays(
     folder.mkdir(parents=True, exist_ok=True)
     for key, array in arrays.items():
         _atomic_save(folder / f"{key}.npy", array)
-    marker.write_text("ok\n")
+    atomic_write(marker, lambda f: f.write(b"ok\n"))
     return arrays
 
 

@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..atomic import atomic_write_bytes
 from .cache import cached_arrays, default_cache_dir
 from .chars import locate_tinyshakespeare
 from .cifar_pickle import read_cifar_batch
@@ -268,7 +269,7 @@ def _read_tarball(spec: DatasetSpec, archive: Path, cache: Path) -> tuple[dict, 
     target = cache / f"extracted-{source_key([archive])}"
     if not (target / "complete").exists():
         safe_extract(archive, target)
-        (target / "complete").write_text("ok\n")
+        atomic_write_bytes(target / "complete", b"ok\n")
     candidates = [target / "train", *target.glob("*/train")]  # the tree's root is at most one level down
     tree = next((p for p in candidates if p.is_dir() and (p.parent / "test").is_dir()), None)
     if tree is None:
