@@ -160,3 +160,23 @@ def test_report_section_and_layer_plot_read_the_records(tmp_path):
     assert densities["snip"]["fc1.weight"] == pytest.approx(0.055)  # mean over the seeds, no ablation only
     assert plot_layer_density(records, tmp_path / "layers.png") and (tmp_path / "layers.png").stat().st_size > 0
     assert not plot_layer_density([{**r, "layer_density": None} for r in records], tmp_path / "none.png")
+
+
+def test_run_settings_for_presets_and_ablations(tmp_path):
+    from earlyprune.experiments.config import RunConfig
+    from earlyprune.experiments.sweep import load_sweep
+
+    with pytest.raises(PruningError, match="unstructured pruning at initialisation"):
+        RunConfig(method="snip", ablation="shuffle", structured=True)
+    with pytest.raises(PruningError, match="not to method 'dense'"):
+        RunConfig(method="dense", preset="official")
+    plain = RunConfig(method="grasp")
+    assert plain.key() == RunConfig(method="grasp", preset="paper", ablation="none").key()  # defaults unhashed
+    assert RunConfig(method="grasp", preset="official").key() != plain.key()
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text('[grid]\ndatasets = ["mnist"]\nmodels = ["lenet300"]\nmethods = ["dense", "snip"]\n'
+                     'ablations = ["none", "invert"]\npresets = ["paper", "official"]\n')
+    cells, _ = load_sweep(sweep)
+    assert sum(c.method == "dense" for c in cells) == 1  # dense runs once whatever the pruning axes
+    assert {(c.preset, c.ablation) for c in cells if c.method == "snip"} == {
+        ("paper", "none"), ("paper", "invert"), ("official", "none"), ("official", "invert")}

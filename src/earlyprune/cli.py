@@ -104,13 +104,6 @@ def _refuse_flags_that_do_not_apply(config) -> None:
     if density and pruning.when != "init":
         raise PruningError("--when does not apply to activation_density, which resizes every --prune-every epochs "
                            "from the start of training")
-    if (density or pruning.method == DENSE) and (pruning.preset != "paper" or pruning.ablation != "none"
-                                                 or pruning.score_mode != "criterion"):
-        raise PruningError("--preset, --ablation and --score-mode apply to the pruning criteria, not to --method "
-                           f"{pruning.method}")
-    if pruning.ablation != "none" and (pruning.structured or pruning.when != "init"):
-        raise PruningError("--ablation applies to unstructured pruning at initialisation (--when init), as Frankle et "
-                           "al. run their sanity checks")
     if pruning.structured and (pruning.scope != "global" or pruning.rule != "topk" or pruning.iterations):
         raise PruningError("--scope, --rule and --iterations apply to unstructured pruning only: with --structured "
                            "channels are ranked globally and the kept count is exact")

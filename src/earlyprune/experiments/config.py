@@ -189,6 +189,18 @@ class PruningConfig:
     def __post_init__(self) -> None:
         check_declared(self)
         self.options = check_options(self.method, self.options)
+        self._check_sanity_settings()
+
+    def _check_sanity_settings(self) -> None:
+        """preset, ablation and score_mode apply to the criteria; an ablation to unstructured pruning at init
+        (where Frankle et al. run them): elsewhere they would be ignored, so they are refused."""
+        criterion = self.method != DENSE and self.method.lower() != "activation_density"
+        if not criterion and (self.preset != "paper" or self.ablation != "none" or self.score_mode != "criterion"):
+            raise PruningError(f"preset, ablation and score_mode apply to the pruning criteria, not to method "
+                               f"{self.method!r}")
+        if self.ablation != "none" and (self.structured or self.when != "init"):
+            raise PruningError("ablation applies to unstructured pruning at initialisation (when='init', not "
+                               "structured), as Frankle et al. run their sanity checks")
 
     @property
     def prune_epoch(self) -> int | None:
