@@ -350,6 +350,8 @@ def test_the_thread_count_is_part_of_the_key_and_the_record(tmp_path, monkeypatc
     assert [c.threads for c in seen] == [1, 2]
     assert len({r["key"] for r in read_records(tmp_path / "r.jsonl")}) == 2
     assert run.with_threads(RunConfig()).threads == torch.get_num_threads()
+    assert run.with_threads(RunConfig(), 3).threads == 3
+    assert run.with_threads(RunConfig(threads=2), 3).threads == 2  # a sweep cell's own count is its key's
 
 
 def sweep_file(folder: Path, results: str = "res", methods=("random", "magnitude"), extra: str = "") -> Path:

@@ -61,8 +61,8 @@ def run_experiment(
     (CUDA when available). Under torchrun on GPUs each process takes ``cuda:LOCAL_RANK``. The device is
     recorded but not part of the run's key.
 
-    ``threads`` (torch's CPU threads) overrides ``config.threads``; when neither is set, the count torch
-    uses is taken. Either way it enters the record and the run's key (:func:`with_threads`): on the CPU the
+    ``threads`` (torch's CPU threads) applies when ``config.threads`` is not set; when neither is, the count
+    torch uses is taken. Either way it enters the record and the run's key (:func:`with_threads`): on the CPU the
     result depends on it. The data, the model and their fit (labels within the model's outputs, inputs it
     accepts) are checked before any pruning or training starts.
     """
@@ -179,12 +179,12 @@ def is_environment(dataset: str) -> bool:
 
 
 def with_threads(config: RunConfig, threads: int | None = None) -> RunConfig:
-    """``config`` with its thread count fixed: ``threads`` when given, else ``config.threads``, else the
-    count torch uses now. The count is part of the key (a setting not at its default), so runs that
+    """``config`` with its thread count fixed: ``config.threads`` when set (a sweep cell's), else ``threads``,
+    else the count torch uses now. The count is part of the key (a setting not at its default), so runs that
     differ only in threads are two runs, as their results may differ in the last digits on the CPU."""
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise PruningError(f"threads must be an integer >= 1 (torch's CPU threads), got {threads!r}")
-    count = threads or config.threads or torch.get_num_threads()
+    count = config.threads or threads or torch.get_num_threads()
     return config if config.threads == count else config.replace(threads=count)
 
 

@@ -180,8 +180,7 @@ class ResultsStore:
         if self.path.is_dir():
             raise StoreError(f"{self.path} is a directory, not a results store")
         if not create and not self.path.exists():
-            raise FileNotFoundError(errno.ENOENT, f"no results store in {self.dir} (expected {self.path})",
-                                    str(self.path))
+            raise FileNotFoundError(f"no results store in {self.dir} (expected {self.path})")
         with self._errors():
             self.dir.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
