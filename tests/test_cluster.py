@@ -1,0 +1,223 @@
+"""earlyprune sweep --executor ray on a real two-node Ray cluster on 127.0.0.1: a worker process killed in
+the middle of a cell is recorded as failed, the resumed sweep runs it, every cell is stored exactly once
+and with the numbers the local executor gives for the same seeds. Also the executor's flags and errors.
+
+The cluster (a head node and one more worker node, one CPU each) lives in this test's own temporary
+directory and is stopped by the fixture, which then checks that none of its processes survived.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from earlyprune.experiments.executors import CellJob, ExecutorError, Resources, load_resources, make_executor
+from earlyprune.experiments.store import ResultsStore
+from earlyprune.experiments.sweep import ConfigError, load_sweep, run_sweep
+
+TOML = """results = "{results}"
+
+[recipe]
+epochs = 1
+batch_size = 100
+train_subset = 300
+width = 0.25
+
+[grid]
+datasets = ["mnist-sample"]
+models = ["lenet300"]
+methods = ["random", "magnitude"]
+sparsities = [0.5, 0.9]
+seeds = [0]
+
+[resources]
+num_cpus = 1
+"""
+
+#: the numbers of a record that must not depend on where the cell ran
+RESULT_FIELDS = ("final_accuracy", "best_accuracy", "final_metric", "achieved_sparsity", "nonzero_params",
+                 "effective_flops", "training_flops")
+
+
+def _sweep_file(tmp_path: Path, results: Path) -> Path:
+    path = tmp_path / "sweep.toml"
+    path.write_text(TOML.format(results=results))
+    return path
+
+
+# --- no cluster needed ----------------------------------------------------------------------------------
+
+def test_resources_come_from_the_toml_and_the_flags_override_them(tmp_path):
+    cfg = _sweep_file(tmp_path, tmp_path / "res")
+    assert load_resources(cfg) == Resources(num_cpus=1)
+    assert load_resources(cfg, num_cpus=2, num_gpus=0.5) == Resources(num_cpus=2, num_gpus=0.5)
+    assert Resources(num_cpus=2.5).threads(default=7) == 2 and Resources().threads(default=7) == 7
+    cfg.write_text(TOML.format(results=tmp_path) + "num_gpu = 1\n")
+    line = len(cfg.read_text().splitlines())
+    with pytest.raises(ConfigError, match=rf"sweep\.toml:{line}: \[resources\] has unknown key 'num_gpu'"):
+        load_resources(cfg)
+    cfg.write_text(TOML.format(results=tmp_path).replace("num_cpus = 1", "num_cpus = 0"))
+    with pytest.raises(ConfigError, match=r"sweep\.toml:\d+: \[resources\] num_cpus must be a number > 0"):
+        load_resources(cfg)
+
+
+def test_flags_that_belong_to_the_other_executor_are_refused():
+    job = CellJob()
+    with pytest.raises(ExecutorError, match="--address .* needs --executor ray"):
+        make_executor("local", job, address="127.0.0.1:6379")
+    with pytest.raises(ExecutorError, match="--jobs is the local executor's"):
+        make_executor("ray", job, jobs=4)
+    with pytest.raises(ExecutorError, match="unknown executor 'slurm'; valid: local, ray"):
+        make_executor("slurm", job)
+
+
+def test_without_ray_the_executor_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    from earlyprune.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    cfg = _sweep_file(tmp_path, tmp_path / "res")
+    assert main(["sweep", str(cfg), "--executor", "ray", "--dry-run"]) == 2
+    assert "pip install 'earlyprune[ray]'" in capsys.readouterr().err
+
+
+# --- a real Ray cluster -----------------------------------------------------------------------------------
+
+
+def _descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found.update(int(p) for p in (task / "children").read_text().split())
+        except OSError:
+            pass
+    for child in list(found):
+        found |= _descendants(child)
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.fixture
+def ray_cluster(monkeypatch):
+    """A head node and a worker node on 127.0.0.1, one CPU each, under a temporary directory of its own
+    (short: Ray's socket paths must be); always stopped, and no process of it may survive."""
+    ray = pytest.importorskip("ray")
+    if not sys.platform.startswith("linux"):
+        pytest.skip("finds the Ray processes through /proc")
+    from ray.cluster_utils import Cluster
+
+    temp = Path(tempfile.mkdtemp(prefix="ep-ray-", dir="/tmp"))
+    monkeypatch.setenv("RAY_TMPDIR", str(temp))
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a throw-away cluster on the loopback interface
+    # every address on 127.0.0.1: otherwise Ray's driver replaces 127.0.0.1 by the machine's own IP, where
+    # a node listening on the loopback interface cannot be reached
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # for the nodes' processes
+    monkeypatch.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", False)  # for this one
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cluster = None
+    seen: set[int] = set()
+    try:
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        seen |= _descendants(os.getpid())
+        if ray.is_initialized():
+            ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
+        seen |= {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and str(temp) in _cmdline(int(p.name))}
+        deadline = time.time() + 15
+        while time.time() < deadline and any(_alive(pid) for pid in seen):
+            time.sleep(0.1)
+        survivors = {pid: _cmdline(pid) for pid in seen if _alive(pid)}
+        for pid in survivors:  # never leave them behind, whatever the outcome
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(temp, ignore_errors=True)
+        assert not survivors, f"Ray processes outlived the cluster: {survivors}"
+
+
+def _kill_first_cell_worker(killed: list[str], stop: threading.Event) -> None:
+    """SIGKILL the first Ray worker process seen running a cell (its title is ``ray::earlyprune-cell``)."""
+    while not stop.is_set():
+        for pid in _descendants(os.getpid()):
+            if _cmdline(pid).startswith("ray::earlyprune-cell"):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(str(pid))
+                return
+        time.sleep(0.02)
+
+
+def test_a_sweep_on_a_two_node_ray_cluster_survives_a_killed_worker_and_matches_the_local_executor(
+        tmp_path, ray_cluster, capsys):
+    cells, _ = load_sweep(_sweep_file(tmp_path, tmp_path / "unused"))
+    assert len(cells) == 4
+    on_ray = _sweep_file(tmp_path, tmp_path / "ray")
+
+    killed: list[str] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_first_cell_worker, args=(killed, stop), daemon=True)
+    killer.start()
+    try:
+        first = run_sweep(on_ray, executor="ray", address=ray_cluster.address, device="cpu")
+    finally:
+        stop.set()
+        killer.join()
+    out, err = capsys.readouterr()
+    assert killed, "no Ray worker was seen running a cell"
+    assert first == 1 and "1 of 4 cells failed" in err
+    assert "the Ray task running the cell was lost (" in err  # the worker's death, as Ray reports it
+    with ResultsStore(tmp_path / "ray") as store:
+        failed = list(store.failures())
+        assert len(failed) == 1 and len(store.keys()) == 3 and failed[0] not in store.keys()
+
+    assert run_sweep(on_ray, executor="ray", address=ray_cluster.address, device="cpu") == 0
+    out = capsys.readouterr().out
+    assert "4 cells, 3 done, 1 to run" in out and "(1 failed before and run again)" in out
+    assert "[1/1]" in out and "1/1 done, 0 running, 0 failed" in out
+
+    local = tmp_path / "local"
+    assert run_sweep(on_ray, results_dir=str(local), device="cpu") == 0  # the same cells, 1 thread each
+    capsys.readouterr()
+    with ResultsStore(tmp_path / "ray") as store:
+        assert store.integrity_ok() and store.failures() == {}
+        on_cluster = {}
+        for record in store.records():
+            assert record["key"] not in on_cluster  # exactly once
+            on_cluster[record["key"]] = record
+        curves = {key: store.curve(key) for key in on_cluster}
+    with ResultsStore(local) as store:
+        here = {r["key"]: r for r in store.records()}
+        local_curves = {key: store.curve(key) for key in here}
+    assert sorted(on_cluster) == sorted(here) == sorted(c.key() for c in cells)
+    for key, record in on_cluster.items():
+        assert record["threads"] == here[key]["threads"] == 1
+        assert {f: record[f] for f in RESULT_FIELDS} == {f: here[key][f] for f in RESULT_FIELDS}
+        assert [(p["epoch"], p["test_accuracy"], p["train_loss"]) for p in curves[key]] == \
+            [(p["epoch"], p["test_accuracy"], p["train_loss"]) for p in local_curves[key]]
