@@ -187,7 +187,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .experiments.report import write_report
 
-    write_report(args.results_dir, out_dir=args.out)
+    sources = args.results_dir[0] if len(args.results_dir) == 1 else args.results_dir
+    write_report(sources, out_dir=args.out)
     return 0
 
 
@@ -243,8 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(func=cmd_sweep)
 
     rep = sub.add_parser("report", help="tables and plots of a results directory")
-    rep.add_argument("results_dir", help="a results directory written by earlyprune sweep (or its shards)")
-    rep.add_argument("--out", default=None, help="where report.md and the PNGs go (default: results_dir)")
+    rep.add_argument("results_dir", nargs="+",
+                     help="a results directory written by earlyprune sweep, a folder of them (the shard-K-of-N "
+                          "folders of --shard), or several: their runs are merged by run key")
+    rep.add_argument("--out", default=None, help="where report.md and the PNGs go (default: results_dir; "
+                                                 "needed for several)")
     rep.set_defaults(func=cmd_report)
     return parser
 

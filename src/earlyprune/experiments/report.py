@@ -20,7 +20,7 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from ..atomic import atomic_write, atomic_write_text
 from .config import DENSE
@@ -614,8 +614,11 @@ def _thin_xticks(ax, renderer) -> None:
 
 
 
-def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+def write_report(results_dir: str | Path | Sequence[str | Path], out_dir: str | Path | None = None) -> Path:
     """Write ``report.md`` and the PNG plots for the store in ``results_dir``; print the tables.
+
+    ``results_dir`` may also be a folder of stores (the ``shard-K-of-N`` folders of a sharded sweep) or a
+    list of stores (then ``out_dir`` is needed): their runs are merged by run key (:mod:`.merge`).
 
     Every file is written atomically. ``results.jsonl`` is merged, never overwritten: the records it
     already holds (from ``earlyprune run --out``, another store) stay, one per run key, and the store's
@@ -624,10 +627,16 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     from .records import merge_records
     from .store import write_csv
 
-    results_dir = Path(results_dir)
+    from .merge import read_stores
+
+    # several stores, or a folder of them (the shards of a job array): their runs merged by run key
+    several = not isinstance(results_dir, (str, Path))
+    if several and not out_dir:
+        raise ValueError("several results stores given: say where the merged report goes with --out DIR")
+    read = read_stores(results_dir)
+    results_dir = ", ".join(map(str, results_dir)) if several else Path(results_dir)
     out = Path(out_dir) if out_dir else results_dir
-    with ResultsStore(results_dir, create=False) as store:
-        records = list(store.records())
+    records = read.records
     if not records:
         raise FileNotFoundError(f"the results store in {results_dir} holds no finished runs yet")
     if out.exists() and not out.is_dir():
@@ -657,6 +666,10 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
                          out / "accuracy_vs_training_flops.png")
         figures.append("accuracy_vs_training_flops.png")
     notes = ""
+    if len(read.stores) > 1:
+        notes += (f"Merged from {len(read.stores)} stores ({read.duplicates} duplicate run(s) counted once"
+                  + (f", {len(read.conflicts)} with conflicting results: the first finished kept" if read.conflicts
+                     else "") + ").\n\n")
     if unmeasured:
         notes += f"{len(unmeasured)} run(s) with epochs = 0 (nothing measured) are left out.\n\n"
     if elsewhere:
