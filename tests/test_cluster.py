@@ -221,3 +221,37 @@ def test_a_sweep_on_a_two_node_ray_cluster_survives_a_killed_worker_and_matches_
         assert {f: record[f] for f in RESULT_FIELDS} == {f: here[key][f] for f in RESULT_FIELDS}
         assert [(p["epoch"], p["test_accuracy"], p["train_loss"]) for p in curves[key]] == \
             [(p["epoch"], p["test_accuracy"], p["train_loss"]) for p in local_curves[key]]
+
+
+# --- progress -----------------------------------------------------------------------------------------------
+
+def test_progress_counts_done_running_failed_and_estimates_the_time_left(tmp_path):
+    import io
+
+    from earlyprune.experiments.sweep_progress import SweepProgress, format_duration
+
+    cells, _ = load_sweep(_sweep_file(tmp_path, tmp_path / "res"))
+    now = [100.0]
+    out, err = io.StringIO(), io.StringIO()
+    progress = SweepProgress(4, out=out, err=err, tty=False, clock=lambda: now[0])
+    progress.cell_started(cells[0])
+    progress.cell_started(cells[1])
+    assert progress.status() == "0/4 done, 2 running, 0 failed, ETA -"
+    now[0] = 130.0  # 30 s: one cell ended, three left -> 90 s
+    progress.cell_finished(cells[0], "91.00%")
+    assert out.getvalue().endswith("(30s) | 1/4 done, 1 running, 0 failed, ETA 1m30s\n")
+    now[0] = 140.0  # 40 s, two ended, two left -> 40 s
+    progress.cell_failed(cells[1], "a cell", "RuntimeError: boom")
+    assert err.getvalue() == (f"[2/4] cell {cells[1].key()} FAILED (a cell): RuntimeError: boom | "
+                              "1/4 done, 0 running, 1 failed, ETA 40s\n")
+    assert "\r" not in out.getvalue()  # plain lines when not a terminal
+    assert format_duration(7325) == "2h02m" and format_duration(59.4) == "59s"
+
+    tty = io.StringIO()
+    progress = SweepProgress(2, out=tty, err=tty, tty=True, clock=lambda: now[0])
+    progress.cell_started(cells[0])
+    progress.cell_finished(cells[0], "50.00%")
+    progress.close()
+    text = tty.getvalue()
+    assert text.startswith("\r\033[K0/2 done, 1 running, 0 failed, ETA -")  # the status line, redrawn in place
+    assert "\r\033[K[1/2] lenet300" in text and text.endswith("\r\033[K")  # cleared at the end
