@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from .acceleration import AMP_MODES, StepModel, autocast, check_amp, compile_failure, grad_scaler
 from .batches import to_device
 from .calling import predict
 from .errors import PruningError
@@ -62,6 +63,12 @@ class TrainConfig:
     threads: int | None = field(default=None, metadata={
         "help": "CPU threads torch uses (torch.set_num_threads); part of the run's key: on the CPU the result "
                 "depends on it", "min": 1, "none": "torch's default, resolved and recorded"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the model for training (inductor; compiled once more after structured surgery); "
+                "part of the run's key when on"})
+    amp: str = field(default="none", metadata={
+        "help": "mixed precision for training (autocast; weights stay float32): bf16 (a GPU with bf16, or a CPU "
+                "with AVX512-BF16/AMX) or fp16 (CUDA only, with a gradient scaler)", "choices": ("none", *AMP_MODES)})
     progress: bool | None = field(default=None, metadata={"setting": False})  # None: bar on a terminal, else lines
 
     def __post_init__(self) -> None:
@@ -232,6 +239,10 @@ def train(
     scheduler = make_scheduler(optimizer, config, steps_per_epoch or 1)
     result = TrainResult(task=task.name, metric_name=task.metric, higher_is_better=task.higher_is_better)
     device, dtype = model_device(model), model_dtype(model)
+    amp = None if config.amp == "none" else config.amp
+    check_amp(amp, device)
+    step_model = StepModel(model, compile=config.compile)  # compiled once more if surgery changes the shapes
+    scaler = grad_scaler(amp, device)
     progress = _progress(config.progress, config.epochs * (steps_per_epoch or 0), description)
     started = time.perf_counter()
     reset_peak_memory(device)
@@ -240,23 +251,30 @@ def train(
         for epoch in range(1, config.epochs + 1):
             epoch_start = time.perf_counter()
             model.train()
+            forward = step_model.use(model)
             meter = task.meter()
             for inputs, targets in train_loader:
                 inputs, targets = to_device(inputs, device, dtype), targets.to(device)
                 optimizer.zero_grad(set_to_none=True)
-                if checked:
-                    outputs = predict(model, inputs)
+                with autocast(amp, device):
+                    if checked:
+                        outputs = predict(forward, inputs)
+                    else:
+                        outputs = _first_prediction(forward, inputs)
+                    if not checked:  # the task's loss must apply (checked once: the checks synchronise a GPU)
+                        task.check(outputs, targets)
+                        checked = True
+                    loss = task.loss(outputs, targets)
+                if scaler is None:
+                    loss.backward()
+                    optimizer.step()
                 else:
-                    outputs = _first_prediction(model, inputs)
-                if not checked:  # the task's loss must apply (checked once: the checks synchronise a GPU)
-                    task.check(outputs, targets)
-                    checked = True
-                loss = task.loss(outputs, targets)
-                loss.backward()
-                optimizer.step()
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
                 scheduler.step()
-                with torch.no_grad():
-                    meter.update(outputs.detach(), targets)
+                with torch.no_grad():  # the meters accumulate on the device: no host synchronisation per step
+                    meter.update(outputs.detach().float() if amp else outputs.detach(), targets)
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(epoch=epoch, loss=f"{float(loss.detach()):.3f}", refresh=False)
@@ -298,7 +316,12 @@ def _first_prediction(model: nn.Module, inputs: Any) -> Any:
         return predict(model, inputs)
     except PruningError:
         raise
-    except (RuntimeError, ValueError, TypeError, IndexError) as error:
+    except Exception as error:
+        failure = compile_failure(error)  # torch.compile itself failed (compile=True): say so
+        if failure is not None:
+            raise failure from error
+        if not isinstance(error, (RuntimeError, ValueError, TypeError, IndexError)):
+            raise
         shape = f"of shape {tuple(inputs.shape)} ({inputs.dtype})" if isinstance(inputs, torch.Tensor) else \
             f"a {type(inputs).__name__}"
         raise PruningError(f"the model cannot take the training inputs: a batch {shape} gave "

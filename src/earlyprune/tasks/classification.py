@@ -81,15 +81,16 @@ class AccuracyMeter(Meter):
         self.count = 0
 
     def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
-        self.loss_sum += float(F.cross_entropy(outputs, targets, reduction="sum"))
+        # sums stay tensors on the outputs' device (read once, in result(): no host synchronisation per batch)
+        self.loss_sum = self.loss_sum + F.cross_entropy(outputs, targets, reduction="sum").double()
         labels = targets.argmax(1) if targets.is_floating_point() else targets
-        self.correct += int((outputs.argmax(1) == labels).sum())
+        self.correct = self.correct + (outputs.argmax(1) == labels).sum()
         self.count += labels.numel()
 
     def result(self) -> dict[str, float]:
         if not self.count:
             raise PruningError("no examples were measured")
-        return {"loss": self.loss_sum / self.count, "accuracy": self.correct / self.count}
+        return {"loss": float(self.loss_sum) / self.count, "accuracy": int(self.correct) / self.count}
 
 
 CLASSIFICATION = Classification()
