@@ -47,9 +47,8 @@ RAY_INSTALL_HINT = "pip install 'earlyprune[ray]'"
 
 @dataclass(frozen=True)
 class Resources:
-    """What one cell asks for: CPUs (also its torch threads) and GPUs. ``num_cpus`` None: the local
-    executor's default (the machine's cores shared among the jobs), one CPU on Ray. Fractions of a GPU
-    let several cells share one on Ray."""
+    """What one cell asks for: CPUs (also its torch threads) and GPUs. ``num_cpus`` None: one CPU (one
+    thread). Fractions of a GPU let several cells share one on Ray."""
 
     num_cpus: float | None = None
     num_gpus: float = 0.0
