@@ -134,6 +134,8 @@ def ray_cluster(monkeypatch):
     # a node listening on the loopback interface cannot be reached
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # for the nodes' processes
     monkeypatch.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", False)  # for this one
+    # fail at once rather than have ray.init wait for ever on an address it rewrote
+    assert ray._private.services.resolve_ip_for_localhost("127.0.0.1") == "127.0.0.1"
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     cluster = None
     seen: set[int] = set()
