@@ -257,3 +257,35 @@ def test_progress_counts_done_running_failed_and_estimates_the_time_left(tmp_pat
     text = tty.getvalue()
     assert text.startswith("\r\033[K0/2 done, 1 running, 0 failed, ETA -")  # the status line, redrawn in place
     assert "\r\033[K[1/2] lenet300" in text and text.endswith("\r\033[K")  # cleared at the end
+
+
+def test_the_local_pool_reports_a_killed_worker_as_a_failed_cell_and_runs_the_others(tmp_path):
+    from earlyprune.experiments.executors import Finished, ProcessPoolExecutor, Started
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("finds the worker processes through /proc")
+    cells, _ = load_sweep(_sweep_file(tmp_path, tmp_path / "res"))
+    cells = cells[:3]
+    killed: list[int] = []
+
+    def kill_one_worker() -> None:
+        deadline = time.time() + 60
+        while time.time() < deadline and not killed:
+            for pid in _descendants(os.getpid()):
+                if "multiprocessing.spawn" in _cmdline(pid):  # a worker: it holds a cell from its start
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_one_worker, daemon=True)
+    killer.start()
+    events = list(ProcessPoolExecutor(CellJob(threads=1, device="cpu"), jobs=2).run(iter(cells)))
+    killer.join()
+    assert killed
+    started = [e.cell.key() for e in events if isinstance(e, Started)]
+    finished = [e for e in events if isinstance(e, Finished)]
+    assert sorted(started) == sorted(e.cell.key() for e in finished) == sorted(c.key() for c in cells)
+    failed = [e for e in finished if not e.ok]
+    assert len(failed) == 1 and "the worker process died while running the cell" in failed[0].error
+    assert all(e.record["key"] == e.cell.key() for e in finished if e.ok)

@@ -153,8 +153,8 @@ class SerialExecutor(Executor):
 
 
 class ProcessPoolExecutor(Executor):
-    """``jobs`` worker processes (spawned) on this machine. A worker that dies is replaced (a bounded number
-    of times) and its cell reported as failed."""
+    """``jobs`` worker processes (spawned) on this machine. A worker that dies has its cell reported as
+    failed and is replaced by a new one for the next cell (so each death costs one cell, never more)."""
 
     name = "local"
 
@@ -169,7 +169,6 @@ class ProcessPoolExecutor(Executor):
         ctx = multiprocessing.get_context("spawn")
         source = iter(cells)
         workers: list[_Worker] = []
-        starts_left: int | None = None  # replacements of dead workers: bounded once the cells are known
 
         def start(worker: _Worker) -> Started | None:
             cell = next(source, None)
@@ -184,7 +183,6 @@ class ProcessPoolExecutor(Executor):
                 workers.append(_Worker(ctx, self.job))
                 workers[-1].give(cell)
                 yield Started(cell)
-            starts_left = 2 * len(workers) + 8
             while any(w.cell is not None for w in workers):
                 busy = [w for w in workers if w.cell is not None]
                 wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
@@ -214,18 +212,12 @@ class ProcessPoolExecutor(Executor):
                     worker.cell = None
                     worker.stop()
                     workers.remove(worker)
-                    if starts_left > 0:
-                        cell = next(source, None)
-                        if cell is not None:
-                            replacement = _Worker(ctx, self.job)
-                            starts_left -= 1
-                            workers.append(replacement)
-                            replacement.give(cell)
-                            yield Started(cell)
-            if not workers:  # only if workers kept dying: the cells left are not run
-                for cell in source:
-                    yield Started(cell)
-                    yield Finished(cell, error="not run: worker processes kept dying")
+                    cell = next(source, None)
+                    if cell is not None:
+                        replacement = _Worker(ctx, self.job)
+                        workers.append(replacement)
+                        replacement.give(cell)
+                        yield Started(cell)
             for worker in workers:
                 worker.process.join(30)
         finally:
