@@ -327,9 +327,17 @@ def method_styles(variants: Iterable[str]) -> dict[str, dict[str, Any]]:
             colour = _FALLBACK_COLOURS[i % len(_FALLBACK_COLOURS)]
             if i >= len(_FALLBACK_COLOURS) and not (structured or timed):  # colours repeat: vary the marker
                 marker = _FALLBACK_MARKERS[(i // len(_FALLBACK_COLOURS)) % len(_FALLBACK_MARKERS)]
+        tag = variant.split(" [", 1)[1] if " [" in variant else ""
+        if tag:  # a preset or an ablation: the method's colour, shaded, with its own marker and dashes
+            shade, marker, linestyle = _TAG_LOOK.get(tag.split("]")[0], (0.3, "P", (0, (1, 1))))
         styles[variant] = {"color": _shade(colour, shade), "marker": marker, "linestyle": linestyle,
                            "markerscale": _MARKER_SCALE.get(marker, 1.0)}
     return styles
+
+
+#: Look of a variant run with a preset or an ablation (``_variant``'s ``[tag]``): shade, marker, dashes.
+_TAG_LOOK = {"official": (-0.35, "*", "--"), "shuffle": (0.3, "s", ":"), "reinit": (0.5, "X", "-."),
+             "invert": (-0.5, "v", (0, (5, 2, 1, 2)))}
 
 
 def _report_styles(summary) -> dict[str, dict[str, Any]]:
