@@ -27,6 +27,7 @@ from ..tasks import scoring_loss
 from ..torch_prune import refuse_torch_pruned
 from .groups import build_groups
 from .importance import channel_importance
+from .budget import CostModel, check_budget, measured_budget, select_to_budget
 from .selection import select_channels
 from .surgery import KeptIndices, ShrinkResult, shrink
 
@@ -89,9 +90,10 @@ class ChannelPruneResult:
 def prune_channels(
     model: nn.Module,
     method: str | Criterion,
-    sparsity: float,
+    sparsity: float | None = None,
     data: Any = None,
     *,
+    budget: dict[str, Any] | None = None,
     schedule: Any = None,
     optimizer: torch.optim.Optimizer | None = None,
     loss_fn: Callable | None = None,
@@ -115,6 +117,11 @@ def prune_channels(
         method: a criterion with a structured form (``random``, ``magnitude``, ``snip``, ``crop``, the
             ``-it`` variants) or a :class:`~earlyprune.criteria.Criterion` with ``channel_importance``.
         sparsity: fraction of prunable channels/units removed, in [0, 1) (EarlyCroP's node sparsity).
+        budget: instead of ``sparsity``, the cost the pruned model may have, one key: ``{"flops": 0.25}``
+            (fraction of the dense FLOPs), ``{"params": 100_000}`` (a count, or a fraction <= 1),
+            ``{"memory_mb": 200, "batch_size": 128}`` (a training-memory estimate) or ``{"channels": 0.5}``
+            (that fraction of channels, for the least FLOPs); channels are chosen by importance per unit of
+            cost (:mod:`earlyprune.structured.budget`), one shot; ``info["budget"]`` says what was reached.
         data: scoring data (batches used as given, or the first ``num_batches`` of a loader); it also
             gives the example input the model is traced with (else ``example_inputs`` or the model's
             ``input_shape`` attribute).
@@ -144,6 +151,14 @@ def prune_channels(
     _refuse_unstructured_settings(options)
     if on_zero_scores not in ZERO_SCORE_POLICIES:
         raise PruningError(f"on_zero_scores must be one of {ZERO_SCORE_POLICIES}, got {on_zero_scores!r}")
+    if (sparsity is None) == (budget is None):
+        raise PruningError("prune_channels takes a sparsity (the fraction of channels removed) or a budget "
+                           "(e.g. budget={'flops': 0.25}), exactly one of them")
+    if budget is not None:
+        budget_kind, budget_value, budget_batch = check_budget(budget)
+        if schedule is not None:
+            raise PruningError("a budget prunes in one shot; pass schedule=None with budget")
+        sparsity = 0.0  # the rounds below run once; the budget decides the channels
     sparsity = check_sparsity(sparsity)
     model = unwrap(model)
     refuse_torch_pruned(model)  # torch's weight_orig/weight_mask form: convert with Masks.from_torch_prune
@@ -159,7 +174,7 @@ def prune_channels(
     train, num_batches, gate_at = (chosen.settings[k] for k in ("train", "num_batches", "gate_at"))
     loss_fn, options = chosen.settings["loss_fn"], chosen.options
     schedule = presets.schedule(criterion, preset, criterion.schedule if schedule is None else schedule, sparsity)
-    targets = schedule_targets(sparsity, schedule)
+    targets = schedule_targets(sparsity, schedule) if budget is None else [0.0]
     loss_fn = scoring_loss(task, loss_fn)
     batches = scoring_batches(model, criterion, data, num_batches, task=task)
     example_inputs = _example_inputs(model, batches, example_inputs)
@@ -175,17 +190,24 @@ def prune_channels(
         if original_total is None:
             original_total = current_total
         kept_target = round((1.0 - target) * original_total)
-        if round_index and kept_target >= current_total:
+        if round_index and kept_target >= current_total and budget is None:
             continue  # this round asks for nothing the earlier ones have not removed already
         relative = 1.0 - kept_target / current_total if current_total else 0.0
         importance = channel_importance(model, criterion, batches, _gated(plan.groups, gate_at), loss_fn=loss_fn,
                                         seed=seed + round_index, train=train, **options)
         check_not_all_zero({str(g): s.double() for g, s in importance.items()}, warn=on_zero_scores == "warn")
-        keep = select_channels(importance, plan.groups, min(max(relative, 0.0), 1.0 - 1e-12),
-                               min_fraction=min_fraction, multiple=channel_multiple)
+        if budget is None:
+            keep = select_channels(importance, plan.groups, min(max(relative, 0.0), 1.0 - 1e-12),
+                                   min_fraction=min_fraction, multiple=channel_multiple)
+        else:
+            costs = CostModel(model, plan.groups, example_inputs)
+            keep, budget_info = select_to_budget(importance, plan.groups, costs, budget_kind, budget_value,
+                                                 budget_batch)
         result = shrink(model, plan, keep, optimizer=optimizer)
         combined = result if combined is None else combined.then(result)
     assert combined is not None  # the first round always runs
+    if budget is not None:
+        budget_info.update(measured_budget(combined, costs, model, example_inputs, budget_kind, budget_batch))
     info = {
         "method": criterion.name,
         "criterion": criterion.base or criterion.name,
@@ -199,6 +221,7 @@ def prune_channels(
         "options": dict(options),
         "train": train,
         "gate_at": gate_at,
+        **({"budget": budget_info} if budget is not None else {}),
         **chosen.info(preset),
     }
     return ChannelPruneResult(model, combined, info)
