@@ -77,10 +77,13 @@ def test_cli_and_sweep_configs_keep_their_old_keys(tmp_path):
     cfg.write_text('results = "r"\n[recipe]\nepochs = 1\nwidth = 1\n[grid]\ndatasets = ["mnist-sample"]\n'
                    'models = ["lenet300"]\nmethods = ["dense", "snip"]\nsparsities = [0.5]\nseeds = [2]\n')
     cells, _ = load_sweep(cfg)
-    # TOML integers stay integers, as before
+    # TOML integers stay integers, as before; a sweep cell's thread count (1 unless the file says otherwise)
+    # is hashed like any setting off its default (docs/reliability.md)
     assert {c.key() for c in cells} == {
-        old_key(dataset="mnist-sample", model="lenet300", method="dense", sparsity=0.0, seed=2, epochs=1, width=1),
-        old_key(dataset="mnist-sample", model="lenet300", method="snip", sparsity=0.5, seed=2, epochs=1, width=1),
+        old_key(dataset="mnist-sample", model="lenet300", method="dense", sparsity=0.0, seed=2, epochs=1, width=1,
+                threads=1),
+        old_key(dataset="mnist-sample", model="lenet300", method="snip", sparsity=0.5, seed=2, epochs=1, width=1,
+                threads=1),
     }
 
 
