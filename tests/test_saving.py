@@ -21,6 +21,7 @@ from earlyprune.structured.saving import load_shrunk, read_shrunk, save_shrunk
 _RELOAD = """
 import sys, torch
 from earlyprune.structured.saving import load_shrunk
+torch.set_num_threads(int(sys.argv[4]))  # the parent's: on the CPU the order of sums depends on the threads
 state = torch.load(sys.argv[1], map_location="cpu", weights_only=True)  # plain data only
 model = load_shrunk(state)
 x = torch.load(sys.argv[2], weights_only=True)
@@ -53,7 +54,8 @@ def test_shrunk_reference_model_reloads_in_a_fresh_process_with_identical_output
     save_shrunk(model, path, info=result.info)
     x = torch.randn(5, *model.input_shape)
     torch.save(x, x_path)
-    done = subprocess.run([sys.executable, "-c", _RELOAD, str(path), str(x_path), str(out_path)],
+    done = subprocess.run([sys.executable, "-c", _RELOAD, str(path), str(x_path), str(out_path),
+                           str(torch.get_num_threads())],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     with torch.no_grad():
