@@ -22,6 +22,7 @@ from torch import nn
 
 from .acceleration import AMP_MODES, StepModel, autocast, check_amp, compile_failure, grad_scaler
 from .batches import to_device
+from .energy import EnergyMeter
 from .calling import predict
 from .errors import PruningError
 from .model_state import model_device, model_dtype, preserved_modes
@@ -103,6 +104,10 @@ class TrainResult:
     task: str = "classification"
     metric_name: str = "accuracy"
     higher_is_better: bool = True
+    #: Energy of the machine's CPU packages (RAPL) and GPUs (NVML) during training, where the hardware
+    #: reports it (:mod:`earlyprune.energy`); None and "not measured" otherwise.
+    energy_joules: float | None = None
+    energy_source: str = "not measured"
 
     @property
     def final_accuracy(self) -> float | None:
@@ -138,6 +143,8 @@ class TrainResult:
             "metric_name": self.metric_name,
             "final_metric": self.final_metric,
             "best_metric": self.best_metric,
+            "energy_joules": self.energy_joules,
+            "energy_source": self.energy_source,
         }
 
 
@@ -246,6 +253,7 @@ def train(
     progress = _progress(config.progress, config.epochs * (steps_per_epoch or 0), description)
     started = time.perf_counter()
     reset_peak_memory(device)
+    energy_meter = EnergyMeter().start()
     checked = False
     try:
         for epoch in range(1, config.epochs + 1):
@@ -306,6 +314,7 @@ def train(
             progress.close()
     result.seconds = time.perf_counter() - started
     result.peak_memory_mb = peak_memory_mb(device)
+    result.energy_joules, result.energy_source = energy_meter.stop()
     return result
 
 
