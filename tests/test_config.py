@@ -158,8 +158,9 @@ def test_every_declared_setting_is_a_run_flag_with_help_and_default():
     run = _run_parser()
     flags = {s: a for a in run._actions for s in a.option_strings}
     names = [d for d in RunConfig.settings() if d.kind is not dict]
-    # the old settings, nesterov, milestones, gamma, threads, steps_per_epoch; preset, ablation, score_mode
-    assert len(names) == 23 + 5 + 3
+    # the old settings, nesterov, milestones, gamma, threads, steps_per_epoch; preset, ablation, score_mode;
+    # compile, amp
+    assert len(names) == 23 + 5 + 3 + 2
     for declaration in names:
         action = flags["--" + declaration.name.replace("_", "-")]
         assert action.dest == declaration.name and action.default == declaration.default
