@@ -8,6 +8,7 @@
 #    epoch 2, batch 100; tested on all 10,000), 3 seeds, with no ablation and each of shuffle / reinit /
 #    invert (plus the dense reference): 99 runs. A CPU-sized schedule: the accuracies are far below
 #    full-training ones; what is compared is the ablations against no ablation under the same recipe.
+#    The same for LeNet-5 (Caffe) at 98% only (a conv net is ~20x slower here) in sanity-mnist-lenet5.
 # 2. The same recipe at 98%, SNIP / GraSP / SynFlow / ProsPr / CroP, preset paper vs official, 3 seeds,
 #    in the same results store (the paper cells of SNIP/GraSP/SynFlow/ProsPr are shared with sweep 1).
 # Each sweep is resumable (stop and start again: finished cells are skipped); the report (tables, the
@@ -47,3 +48,7 @@ TOML
 $EP sweep "$ROOT/sanity.toml" --device cpu
 $EP sweep "$ROOT/presets.toml" --device cpu
 $EP report "$ROOT/sanity-mnist-lenet300"
+sed -e 's/lenet300/lenet5/g' -e 's/sparsities = \[0.9, 0.98\]/sparsities = [0.98]/' "$ROOT/sanity.toml" \
+    > "$ROOT/sanity-lenet5.toml"
+$EP sweep "$ROOT/sanity-lenet5.toml" --device cpu
+$EP report "$ROOT/sanity-mnist-lenet5"
