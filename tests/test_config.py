@@ -243,7 +243,7 @@ def test_records_are_flat_and_rebuild_the_config():
     config = RunConfig(model="lenet-300-100", method="grasp", epochs=2, options={"temperature": 50.0})
     flat = config.as_dict()
     assert set(flat) == set(OLD_DEFAULTS) | {"nesterov", "milestones", "gamma", "threads", "steps_per_epoch",
-                                             "preset", "ablation", "score_mode", "options"}
+                                             "preset", "ablation", "score_mode", "compile", "amp", "options"}
     assert flat["model"] == "lenet300" and flat["options"] == {"temperature": 50.0}
     again = RunConfig.from_dict(json.loads(json.dumps(flat)))  # as a record stores it
     assert again == config and again.key() == config.key()
