@@ -5,10 +5,11 @@ dense versions do not fit).
 1. ``--part flops``: for each model, the FLOPs ratio (dense / pruned) of CroP at 50% of the channels,
    ranked by importance (``sparsity=0.5``) and by importance per unit of FLOPs (``budget={"channels": 0.5}``),
    with random channels for reference; no training (random data of the right shape for the scores).
-2. ``--part memory``: one training step of VGG-16 at a batch size, in subprocesses. Each variant's peak
-   virtual memory is measured first without a cap; then the cap is set halfway between the pruned and the
-   dense peaks (``resource.setrlimit(RLIMIT_AS)``) and both run again under it: the dense step fails, the
-   model structurally pruned at initialisation (CroP to ``--flops`` of the dense FLOPs) trains.
+2. ``--part memory``: one training step of VGG-16 at a batch size, in subprocesses. How much each
+   variant's step grows the address space is measured first without a cap; then each runs again with
+   ``resource.setrlimit(RLIMIT_AS)`` allowing, beyond what the process holds before its step, halfway
+   between the two growths: the dense step should fail, the model structurally pruned at initialisation
+   (CroP to ``--flops`` of the dense FLOPs) train.
 
 Usage: python benchmarks/bench_budget.py [--part flops memory] [--models lenet5 resnet20 vgg16:0.25]
 """
@@ -67,16 +68,19 @@ x, y = torch.randn(batch, 3, 32, 32), torch.arange(batch) % 10
 if variant == "pruned":
     ep.prune_channels(model, "crop", data=(x[:32], y[:32]), budget={"flops": flops})
 opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-if cap > 0:
-    resource.setrlimit(resource.RLIMIT_AS, (int(cap), int(cap)))
+def vm(key):
+    return int([l for l in open("/proc/self/status") if l.startswith(key)][0].split()[1]) / 1024
+before = vm("VmSize")
+if cap > 0:  # the cap allows this much more address space than the process holds now
+    limit = int((before + cap) * 2**20)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 try:
     torch.nn.functional.cross_entropy(model(x), y).backward()
     opt.step()
     status = "trained"
 except (MemoryError, RuntimeError) as error:
     status = "failed: " + type(error).__name__ + ": " + str(error).splitlines()[0][:120]
-peak = [l for l in open("/proc/self/status") if l.startswith("VmPeak")][0].split()[1]
-print(json.dumps({"variant": variant, "status": status, "vm_peak_mb": int(peak) / 1024}))
+print(json.dumps({"variant": variant, "status": status, "step_growth_mb": vm("VmPeak") - before}))
 """
 
 
@@ -92,9 +96,10 @@ def run_step(cap: float, variant: str, batch: int, flops: float) -> dict:
 def memory_part(batch: int, flops: float) -> None:
     free = {v: run_step(0, v, batch, flops) for v in ("dense", "pruned")}
     for v, r in free.items():
-        print(f"no cap: {v:<7} {r['status']:<10} peak virtual memory {r['vm_peak_mb']:.0f} MiB")
-    cap_mb = (free["dense"]["vm_peak_mb"] + free["pruned"]["vm_peak_mb"]) / 2
-    print(f"cap: RLIMIT_AS = {cap_mb:.0f} MiB (halfway), VGG-16, batch {batch}, one SGD step")
+        print(f"no cap: {v:<7} {r['status']:<10} the step grew the address space by {r['step_growth_mb']:.0f} MiB")
+    cap_mb = (free["dense"]["step_growth_mb"] + free["pruned"]["step_growth_mb"]) / 2
+    print(f"cap: RLIMIT_AS = the address space before the step + {cap_mb:.0f} MiB (halfway between the two "
+          f"steps' growth), VGG-16, batch {batch}, one SGD step")
     for v in ("dense", "pruned"):
         r = run_step(cap_mb * 2**20, v, batch, flops)
         print(f"capped: {v:<7} {r['status']}")
