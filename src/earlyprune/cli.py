@@ -63,7 +63,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                 "--option", dest="option", action="append", default=[], metavar="NAME=VALUE",
                 help="an option of the method's criterion, repeatable (e.g. --option temperature=100 for grasp; "
                      "VALUE: a number, true, false, null or text); earlyprune.pruning.method_options(METHOD) "
-                     "lists them")
+                     "lists them (default: none, so every option keeps the criterion's default)")
             continue
         if declaration.kind is bool:
             action = group.add_argument(flag, dest=declaration.name, action=argparse.BooleanOptionalAction,
