@@ -17,6 +17,7 @@ from torch import nn
 
 from .atomic import atomic_write
 from .errors import PruningError
+from .safe_load import load_plain
 from .prunable import NO_PRUNABLE, prunable_parameters
 
 if TYPE_CHECKING:
@@ -198,15 +199,7 @@ class Masks(Mapping[str, torch.Tensor]):
         Files are read with ``weights_only=True``: a file that holds anything but tensors and plain data
         is refused instead of executed.
         """
-        if isinstance(source, Mapping):
-            state = source
-        else:
-            try:
-                state = torch.load(source, map_location="cpu", weights_only=True)
-            except FileNotFoundError:
-                raise
-            except Exception as exc:  # corrupt, truncated or unsafe file
-                raise PruningError(f"cannot read masks from {os.fspath(source)!r}: {exc}") from exc
+        state = load_plain(source, "masks")
         if not isinstance(state, Mapping) or state.get("format") != _FORMAT or "masks" not in state:
             raise PruningError(f"not an earlyprune masks file (expected format {_FORMAT!r})")
         masks = state["masks"]

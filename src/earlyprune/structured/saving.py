@@ -33,6 +33,7 @@ from torch import nn
 
 from ..atomic import atomic_write
 from ..errors import PruningError
+from ..safe_load import load_plain
 from .surgery import layer_widths
 
 FORMAT = "earlyprune.shrunk/1"
@@ -86,15 +87,7 @@ def save_shrunk(model: nn.Module, path: str | os.PathLike[str], create: Mapping[
 
 def read_shrunk(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
     """The checked contents of a file written by :func:`save_shrunk` (read with ``weights_only=True``)."""
-    if isinstance(source, Mapping):
-        state = source
-    else:
-        try:
-            state = torch.load(source, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise
-        except Exception as exc:  # corrupt, truncated or unsafe (pickled code) file
-            raise PruningError(f"cannot read a shrunk model from {os.fspath(source)!r}: {exc}") from exc
+    state = load_plain(source, "a shrunk model")
     if not isinstance(state, Mapping) or state.get("format") != FORMAT:
         raise PruningError(f"not an earlyprune shrunk-model file (expected format {FORMAT!r}); a plain state_dict "
                            "loads with model.load_state_dict")
