@@ -102,3 +102,41 @@ def assert_sweep_resumes_with_every_cell_once(command, config, results, partial:
         keys = [r["key"] for r in store.records()]
         assert sorted(keys) == sorted(c.key() for c in cells)  # every cell exactly once
         assert all(len(store.curve(c.key())) == c.epochs for c in cells)  # with one curve point per epoch
+
+
+# --- processes, found through /proc (Linux) ---------------------------------------------------------------
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (children, their children, ...), read from /proc."""
+    from pathlib import Path
+
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found.update(int(p) for p in (task / "children").read_text().split())
+        except OSError:
+            pass
+    for child in list(found):
+        found |= descendants(child)
+    return found
+
+
+def cmdline(pid: int) -> str:
+    """The command line of ``pid`` ('' once it has gone)."""
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie has ended; only its exit status waits to be collected)."""
+    from pathlib import Path
+
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")

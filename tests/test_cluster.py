@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import alive, cmdline, descendants
 
 from earlyprune.experiments.executors import CellJob, ExecutorError, Resources, load_resources, make_executor
 from earlyprune.experiments.store import ResultsStore
@@ -92,31 +93,10 @@ def test_without_ray_the_executor_says_how_to_install_it(tmp_path, monkeypatch, 
 # --- a real Ray cluster -----------------------------------------------------------------------------------
 
 
-def _descendants(pid: int) -> set[int]:
-    found: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found.update(int(p) for p in (task / "children").read_text().split())
-        except OSError:
-            pass
-    for child in list(found):
-        found |= _descendants(child)
-    return found
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 @pytest.fixture
@@ -147,16 +127,16 @@ def ray_cluster(monkeypatch):
         cluster.wait_for_nodes()
         yield cluster
     finally:
-        seen |= _descendants(os.getpid())
+        seen |= descendants(os.getpid())
         if ray.is_initialized():
             ray.shutdown()
         if cluster is not None:
             cluster.shutdown()
-        seen |= {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and str(temp) in _cmdline(int(p.name))}
+        seen |= {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and str(temp) in cmdline(int(p.name))}
         deadline = time.time() + 15
-        while time.time() < deadline and any(_alive(pid) for pid in seen):
+        while time.time() < deadline and any(alive(pid) for pid in seen):
             time.sleep(0.1)
-        survivors = {pid: _cmdline(pid) for pid in seen if _alive(pid)}
+        survivors = {pid: cmdline(pid) for pid in seen if alive(pid)}
         for pid in survivors:  # never leave them behind, whatever the outcome
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -169,8 +149,8 @@ def ray_cluster(monkeypatch):
 def _kill_first_cell_worker(killed: list[str], stop: threading.Event) -> None:
     """SIGKILL the first Ray worker process seen running a cell (its title is ``ray::earlyprune-cell``)."""
     while not stop.is_set():
-        for pid in _descendants(os.getpid()):
-            if _cmdline(pid).startswith("ray::earlyprune-cell"):
+        for pid in descendants(os.getpid()):
+            if cmdline(pid).startswith("ray::earlyprune-cell"):
                 os.kill(pid, signal.SIGKILL)
                 killed.append(str(pid))
                 return
@@ -272,8 +252,8 @@ def test_the_local_pool_reports_a_killed_worker_as_a_failed_cell_and_runs_the_ot
     def kill_one_worker() -> None:
         deadline = time.time() + 60
         while time.time() < deadline and not killed:
-            for pid in _descendants(os.getpid()):
-                if "multiprocessing.spawn" in _cmdline(pid):  # a worker: it holds a cell from its start
+            for pid in descendants(os.getpid()):
+                if "multiprocessing.spawn" in cmdline(pid):  # a worker: it holds a cell from its start
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
                     return

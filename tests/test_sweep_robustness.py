@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_sweep_resumes_with_every_cell_once, store_count
+from conftest import alive, assert_sweep_resumes_with_every_cell_once, descendants, store_count
 
 from earlyprune.cli import main
 from earlyprune.experiments.store import ResultsStore
@@ -191,24 +191,8 @@ def test_the_store_keeps_failures_apart_and_a_finished_run_clears_its_failure(tm
 
 # --- 3. workers end when the sweep process is killed --------------------------------------------------------
 
-def _children(pid: int) -> set[int]:
-    found: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found.update(int(p) for p in (task / "children").read_text().split())
-        except OSError:
-            pass
-    for child in list(found):
-        found |= _children(child)
-    return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")  # a zombie has ended; only its exit status waits to be collected
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists() or not sys.platform.startswith("linux"),
@@ -221,19 +205,19 @@ def test_workers_end_when_the_parallel_sweep_is_killed_and_the_sweep_resumes(tmp
     children: set[int] = set()
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        children |= _children(proc.pid)
+        children |= descendants(proc.pid)
         if store_count(results) >= 1:
             break
         time.sleep(0.05)
-    children |= _children(proc.pid)
+    children |= descendants(proc.pid)
     assert proc.poll() is None, proc.stderr.read().decode()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert len(children) >= 2, "expected the two workers"
     deadline = time.time() + 10
-    while time.time() < deadline and any(_alive(pid) for pid in children):
+    while time.time() < deadline and any(alive(pid) for pid in children):
         time.sleep(0.1)
-    survivors = [pid for pid in children if _alive(pid)]
+    survivors = [pid for pid in children if alive(pid)]
     for pid in survivors:  # do not leave them behind, whatever the outcome
         os.kill(pid, signal.SIGKILL)
     assert not survivors, "worker processes outlived the killed sweep"
