@@ -15,7 +15,7 @@ import functools
 import inspect
 import platform
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -31,6 +31,9 @@ from ..structured import prune_channels
 from ..tasks import get as get_task
 from ..train import train
 from .config import DENSE, SCORE_MODES, RunConfig
+
+if TYPE_CHECKING:
+    from ..masks import Masks
 
 
 def _progress_as_default(function):
@@ -140,32 +143,12 @@ def run_experiment(
         trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     result = train(trained, train_loader, test_loader, recipe, on_epoch_end=on_epoch_end,
                    description=f"{pruning.method} {pruning.sparsity}", task=task)
-    final = report(model)
     record.update(
-        # weight sparsity of the masks where there are masks, else the fraction of parameters removed
-        achieved_sparsity=(masks.sparsity() if masks is not None else
-                           record.pop("mask_sparsity", 1.0 - final.nonzero / max(1, dense.params))),
-        params=final.params,
-        nonzero_params=final.nonzero,
-        flops=final.flops,
-        effective_flops=final.effective_flops,
+        finished_fields(record, model, masks, dense, result, scoring_seconds, processes=world_size()),
         final_accuracy=result.final_accuracy,
         best_accuracy=result.best_accuracy,
-        final_metric=result.final_metric,
-        best_metric=result.best_metric,
-        final_metrics=dict(result.history[-1].test_metrics) if result.history else {},
-        scoring_seconds=scoring_seconds + record.get("scoring_seconds", 0.0),
-        train_seconds=result.seconds,
-        peak_memory_mb=result.peak_memory_mb,
         curve=[{"epoch": r.epoch, "test_accuracy": r.test_accuracy, "test_metric": r.test_metric,
                 "train_loss": r.train_loss, "seconds": r.seconds} for r in result.history],
-        earlyprune_version=__version__,
-        torch_version=torch.__version__,
-        python_version=platform.python_version(),
-        device=str(next(model.parameters()).device),
-        threads=torch.get_num_threads(),
-        processes=world_size(),
-        finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
     return record
 
@@ -266,3 +249,32 @@ def _counting_training_flops(callback, model, examples: int, record: dict[str, A
 
 def _is_during_training(config: RunConfig) -> bool:
     return config.pruning.method == "activation_density"
+
+
+def finished_fields(record: dict[str, Any], model: torch.nn.Module, masks: Masks | None, dense: Any, result: Any,
+                    scoring_seconds: float, processes: int) -> dict[str, Any]:
+    """The fields every finished run's record holds, whatever its task: the sizes reached, the final and best
+    metric, the times and the software and machine it ran on. Pops ``record["mask_sparsity"]``."""
+    final = report(model)
+    return dict(
+        # weight sparsity of the masks where there are masks, else the fraction of parameters removed
+        achieved_sparsity=(masks.sparsity() if masks is not None else
+                           record.pop("mask_sparsity", 1.0 - final.nonzero / max(1, dense.params))),
+        params=final.params,
+        nonzero_params=final.nonzero,
+        flops=final.flops,
+        effective_flops=final.effective_flops,
+        final_metric=result.final_metric,
+        best_metric=result.best_metric,
+        final_metrics=dict(result.history[-1].test_metrics) if result.history else {},
+        scoring_seconds=scoring_seconds + record.get("scoring_seconds", 0.0),
+        train_seconds=result.seconds,
+        peak_memory_mb=result.peak_memory_mb,
+        earlyprune_version=__version__,
+        torch_version=torch.__version__,
+        python_version=platform.python_version(),
+        device=str(next(model.parameters()).device),
+        threads=torch.get_num_threads(),
+        processes=processes,
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )

@@ -25,14 +25,14 @@ environment step to act; the evaluation episodes are not counted (as the supervi
 from __future__ import annotations
 
 import dataclasses
-import platform
 import time
 from typing import Any
 
 import torch
 
-from .. import __version__, models
+from .. import models
 from ..errors import PruningError
+from ..experiments.run import finished_fields
 from ..metrics import report
 from ..pruning import prune
 from ..structured import prune_channels
@@ -120,31 +120,12 @@ def run_rl_experiment(config: Any, threads: int | None = None, device: str | Non
     result = train_dqn(agent, data.dataset, buffer, epochs=training.epochs, steps_per_epoch=steps_per_epoch,
                        batch_size=data.batch_size, seed=config.seed, scheduler=scheduler, on_epoch_end=on_epoch_end,
                        evaluate=lambda q: evaluate_greedy(q, data.dataset))
-    final = report(model)
     record.update(
-        achieved_sparsity=(masks.sparsity() if masks is not None else
-                           record.pop("mask_sparsity", 1.0 - final.nonzero / max(1, dense.params))),
-        params=final.params,
-        nonzero_params=final.nonzero,
-        flops=final.flops,
-        effective_flops=final.effective_flops,
+        finished_fields(record, model, masks, dense, result, scoring_seconds, processes=1),
         final_accuracy=None,
         best_accuracy=None,
-        final_metric=result.final_metric,
-        best_metric=result.best_metric,
-        final_metrics=dict(result.history[-1].test_metrics) if result.history else {},
-        scoring_seconds=scoring_seconds + record.get("scoring_seconds", 0.0),
-        train_seconds=result.seconds,
-        peak_memory_mb=result.peak_memory_mb,
         curve=[{"epoch": r.epoch, "test_accuracy": None, "test_metric": r.test_metric, "train_loss": r.train_loss,
                 "train_return": r.train_metric, "seconds": r.seconds} for r in result.history],
-        earlyprune_version=__version__,
-        torch_version=torch.__version__,
-        python_version=platform.python_version(),
-        device=str(next(model.parameters()).device),
-        threads=torch.get_num_threads(),
-        processes=1,
-        finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
     return record
 
