@@ -49,6 +49,15 @@ def _flag_value(kind: type):
     return convert
 
 
+class _Given(argparse.Action):
+    """Store a flag's value and note that it was given (``--sparsity 0.9`` beside ``--budget`` is refused,
+    though 0.9 is the default)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = {*getattr(namespace, "given", ()), self.dest}
+
+
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per declared setting of :class:`RunConfig` (``--batch-size`` for ``batch_size``), with its
     help and default; ``--option NAME=VALUE`` for the criterion's options."""
@@ -73,7 +82,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                                         default=declaration.default, metavar="X", help=declaration.help)
         else:
             action = group.add_argument(flag, dest=declaration.name, type=_flag_value(declaration.kind),
-                                        default=declaration.default, help=declaration.help)
+                                        default=declaration.default, help=declaration.help, action=_Given)
         action.declaration = declaration  # type: ignore[attr-defined]
 
 
@@ -90,12 +99,15 @@ def _config_from(args: argparse.Namespace):
     return RunConfig.from_dict({**{name: getattr(args, name) for name in setting_names()}, "options": options})
 
 
-def _refuse_flags_that_do_not_apply(config) -> None:
-    """A flag the chosen method ignores is an error on the command line, not a silent no-op."""
+def _refuse_flags_that_do_not_apply(config, given: set[str] = frozenset()) -> None:
+    """A flag the chosen method ignores is an error on the command line, not a silent no-op. ``given``: the
+    settings whose flags were typed."""
     from .errors import PruningError
     from .experiments.config import DENSE
 
     pruning = config.pruning
+    if pruning.budget is not None and "sparsity" in given:
+        raise PruningError(f"--budget {pruning.budget} and --sparsity both say how much to prune: give one")
     density = pruning.method == "activation_density"
     if pruning.prune_every != 1 and not density:
         raise PruningError("--prune-every applies to --method activation_density only")
@@ -114,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .experiments.run import resolve_device, run_experiment, with_threads
 
     config = with_threads(_config_from(args))  # the thread count is part of the key (see docs/reliability.md)
-    _refuse_flags_that_do_not_apply(config)
+    _refuse_flags_that_do_not_apply(config, getattr(args, "given", set()))
     from .distributed import rank
 
     out = check_output_file(args.out)  # before training: a directory or an unwritable folder is refused now
@@ -134,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if rank() != 0:
         return 0  # under torchrun only rank 0 writes results
     written, failed = keep_record(record, out, args.store)
-    keys = ["method", "sparsity", "achieved_sparsity", "task", "final_accuracy", "best_accuracy", "metric_name",
+    keys = ["method", "sparsity", *(["budget"] if config.pruning.budget else []), "achieved_sparsity", "task", "final_accuracy", "best_accuracy", "metric_name",
             "final_metric", "best_metric", "nonzero_params", "effective_flops", "scoring_seconds", "train_seconds"]
     print(json.dumps({k: record.get(k) for k in keys}, indent=1))
     if not failed:

@@ -27,6 +27,7 @@ from .prunable import prunable_parameters
 from .pruning import prune
 from .selection import check_sparsity
 from .structured import prune_channels
+from .structured.budget import check_budget
 from .tasks import get as get_task
 from .triggers import DEFAULT_RELATIVE_THRESHOLD, WeightDistance, WeightDistanceTrigger
 
@@ -58,9 +59,13 @@ class EarlyPruner:
         model: the model being trained (changed in place).
         method: any criterion, by name or as a :class:`~earlyprune.criteria.Criterion` (default ``"crop"``,
             EarlyCroP's).
-        sparsity: weight sparsity (unstructured) or fraction of channels removed (structured).
+        sparsity: weight sparsity (unstructured) or fraction of channels removed (structured); default 0.9,
+            none with a ``budget``.
         data: scoring data from the *training* set: batches or a loader.
         structured: remove whole channels physically.
+        budget: structured only, instead of ``sparsity``: the cost the pruned model may have, e.g.
+            ``{"flops": 0.25}`` (:func:`earlyprune.prune_channels`' budgets); one shot, so the schedule is
+            not used. The result's ``info["budget"]`` says what was reached.
         optimizer: the training optimizer; its state is masked (unstructured) or sliced (structured).
         at_epoch: prune at this epoch instead of by the trigger.
         cap_epoch: prune at this epoch at the latest (the trigger may fire earlier).
@@ -82,10 +87,11 @@ class EarlyPruner:
         self,
         model: nn.Module,
         method: str | Criterion = "crop",
-        sparsity: float = 0.9,
+        sparsity: float | None = None,
         data: Any = None,
         *,
         structured: bool = False,
+        budget: dict[str, Any] | None = None,
         optimizer: torch.optim.Optimizer | None = None,
         at_epoch: int | None = None,
         cap_epoch: int | None = None,
@@ -95,7 +101,17 @@ class EarlyPruner:
         preset: str = presets.DEFAULT_PRESET,
         **prune_options: Any,
     ):
-        self.sparsity = check_sparsity(sparsity)
+        if budget is not None:
+            if not structured:
+                raise PruningError("a budget applies to structured pruning only: pass structured=True")
+            if sparsity is not None:
+                raise PruningError("give a sparsity or a budget, not both: the budget decides how many channels go")
+            if schedule != "crop-it":
+                raise PruningError("a budget prunes in one shot: leave schedule at its default with a budget")
+            check_budget(budget)  # a malformed budget is refused now, not when the pruner fires
+        self.budget = None if budget is None else dict(budget)
+        # with a budget, the fraction of channels removed once it has pruned
+        self.sparsity = 0.0 if budget is not None else check_sparsity(0.9 if sparsity is None else sparsity)
         if at_epoch is not None and at_epoch < 1:
             raise PruningError(f"at_epoch must be >= 1, got {at_epoch}")
         model = unwrap(model)  # surgery happens on the module; rebuild a DDP wrapper after a structured prune
@@ -151,8 +167,14 @@ class EarlyPruner:
         options = dict(self.prune_options)
         # Mid-training, weights or channels that all score 0 (a network gone dead) warn instead of ending the run.
         options.setdefault("on_zero_scores", "warn")
-        self.result = call(self.model, self.method, self.sparsity, self.data, optimizer=self.optimizer,
-                           schedule=self.schedule, task=self.task, preset=self.preset, **options)
+        if self.budget is not None:
+            self.result = prune_channels(self.model, self.method, None, self.data, budget=self.budget,
+                                         optimizer=self.optimizer, task=self.task, preset=self.preset, **options)
+            kept = self.result.info["budget"]
+            self.sparsity = 1.0 - kept["channels_kept"] / kept["channels_before"]
+        else:
+            self.result = call(self.model, self.method, self.sparsity, self.data, optimizer=self.optimizer,
+                               schedule=self.schedule, task=self.task, preset=self.preset, **options)
         seconds = time.perf_counter() - start
         if self.optimizer is not None:  # the surgery swaps parameters: the optimizer must follow them
             check_optimizer(self.model, self.optimizer, after="the prune")

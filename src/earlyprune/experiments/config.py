@@ -67,6 +67,31 @@ def _check_sparsity(name: str, value: Any) -> Any:
     return value  # as given: the key hashes the value as it was written
 
 
+def parse_budget(text: str) -> tuple[str, float]:
+    """``"flops=0.25"`` -> ``("flops", 0.25)``: a structured run's cost budget, one ``KIND=NUMBER`` with KIND
+    one of :data:`earlyprune.structured.budget.BUDGET_KINDS`, checked by that module's rules (a fraction in
+    (0, 1] for flops and channels; a count or a fraction <= 1 for params; MiB > 0 for memory_mb)."""
+    from ..structured.budget import BUDGET_KINDS, check_budget
+
+    kind, sep, raw = text.partition("=") if isinstance(text, str) else ("", "", "")
+    kind = kind.strip().lower()
+    try:
+        value = float(raw)
+    except ValueError:
+        value = None
+    if not sep or kind not in BUDGET_KINDS or value is None:
+        known = ", ".join(f"{k}=..." for k in BUDGET_KINDS)
+        raise PruningError(f"budget must be one KIND=NUMBER, KIND one of {known} (e.g. flops=0.25), got {text!r}")
+    check_budget({kind: value, **({"batch_size": 1} if kind == "memory_mb" else {})})
+    return kind, value
+
+
+def _check_budget(name: str, value: Any) -> Any:
+    """One spelling per budget ("FLOPS=.250" is "flops=0.25"), so that equal budgets are one run (one key)."""
+    kind, number = parse_budget(value)
+    return f"{kind}={int(number) if number.is_integer() else repr(number)}"
+
+
 def _canonical_model(value: Any) -> Any:
     """One spelling per model, so "lenet-5" and "lenet5" are one run (one key) wherever a config comes from."""
     from .. import models
@@ -180,6 +205,11 @@ class PruningConfig:
                               choices=tuple(SCORE_MODES))
     when: str = setting("init", "when to prune: init, early (EarlyCroP's trigger) or epoch:N", check=_check_when)
     structured: bool = setting(False, "remove whole channels physically")
+    budget: str | None = setting(None, "with --structured, prune to a cost instead of a channel fraction: "
+                                 "flops=F (a fraction of the dense FLOPs), params=N (a count, or a fraction <= 1), "
+                                 "memory_mb=M (a training-memory estimate at --batch-size) or channels=C (that "
+                                 "fraction of channels at the least FLOPs); replaces --sparsity",
+                                 check=_check_budget, none="prune --sparsity of the channels")
     prune_every: int = setting(1, "activation_density: epochs between resizes", min=1)
     score_batches: int = setting(1, "batches of the training set the criterion scores on (SNIP's paper: one)",
                                  min=1)
@@ -201,6 +231,24 @@ class PruningConfig:
         if self.ablation != "none" and (self.structured or self.when != "init"):
             raise PruningError("ablation applies to unstructured pruning at initialisation (when='init', not "
                                "structured), as Frankle et al. run their sanity checks")
+        if self.budget is not None:
+            if not criterion:
+                raise PruningError(f"budget applies to the pruning criteria, not to method {self.method!r}")
+            if not self.structured:
+                raise PruningError("budget applies to structured pruning only (add --structured / structured = "
+                                   "true): it chooses which channels to remove")
+            default = declarations(PruningConfig)["sparsity"].default
+            if self.sparsity != default:
+                raise PruningError(f"give a budget or a sparsity, not both: a budget ({self.budget}) decides how "
+                                   f"many channels are removed, so sparsity must stay at its default ({default})")
+
+    def channel_budget(self, batch_size: int) -> dict[str, Any] | None:
+        """The ``budget=`` of :func:`earlyprune.prune_channels` (None without one); a memory budget is at
+        ``batch_size``, the run's."""
+        if self.budget is None:
+            return None
+        kind, value = parse_budget(self.budget)
+        return {kind: value, **({"batch_size": batch_size} if kind == "memory_mb" else {})}
 
     @property
     def prune_epoch(self) -> int | None:

@@ -30,10 +30,11 @@ def epoch_callback(config: RunConfig, model: nn.Module, train_split: Any, record
     from ..early import EarlyPruner
 
     pruner = EarlyPruner(
-        model, pruning.method, pruning.sparsity, scoring_batches, structured=pruning.structured,
+        model, pruning.method, None if pruning.budget else pruning.sparsity, scoring_batches,
+        structured=pruning.structured,
         at_epoch=pruning.prune_epoch, cap_epoch=None if pruning.prune_epoch else max(2, config.training.epochs // 2),
-        seed=config.seed, task=task, preset=pruning.preset, **_score_mode(pruning), **_unstructured_settings(pruning),
-        **pruning.options,
+        seed=config.seed, task=task, preset=pruning.preset, budget=pruning.channel_budget(config.data.batch_size),
+        **_score_mode(pruning), **_unstructured_settings(pruning), **pruning.options,
     )
 
     def on_epoch_end(epoch: int, model: nn.Module, optimizer):
@@ -44,7 +45,9 @@ def epoch_callback(config: RunConfig, model: nn.Module, train_split: Any, record
             if not pruning.structured:
                 record["collapsed"] = pruner.result.info["collapsed"]
                 record["mask_sparsity"] = pruner.result.sparsity()
-            elif isinstance(model, nn.parallel.DistributedDataParallel):
+            if pruning.budget is not None:
+                record["budget_reached"] = pruner.result.info["budget"]
+            if pruning.structured and isinstance(model, nn.parallel.DistributedDataParallel):
                 return rewrap(model)  # DDP holds the old parameters: wrap the shrunk module anew
         return None
 

@@ -81,6 +81,8 @@ def _variant(record: dict[str, Any]) -> str:
         name += f" [{record['preset']}]"
     if (record.get("ablation") or "none") != "none":
         name += f" [{record['ablation']}]"
+    if record.get("budget"):
+        name += f" [budget {record['budget']}]"
     return name
 
 
@@ -89,7 +91,8 @@ _NO_TARGET = (DENSE, "activation_density")
 
 
 def _target(record: dict[str, Any]) -> float | None:
-    return None if record["method"] in _NO_TARGET else float(record["sparsity"])
+    # a run pruned to a cost budget has no target sparsity either (its budget is in its label)
+    return None if record["method"] in _NO_TARGET or record.get("budget") else float(record["sparsity"])
 
 
 def _ordered(by: dict[float | None, Any]) -> list[float | None]:

@@ -115,9 +115,13 @@ def run_experiment(
         start = time.perf_counter()
         train_mode = SCORE_MODES[pruning.score_mode]
         if pruning.structured:
-            result = prune_channels(model, pruning.method, pruning.sparsity, data=scoring_data, seed=config.seed,
+            budget = pruning.channel_budget(data.batch_size)  # instead of the sparsity, when given
+            result = prune_channels(model, pruning.method, None if budget else pruning.sparsity,
+                                    data=scoring_data, budget=budget, seed=config.seed,
                                     num_batches=pruning.score_batches, task=task, train=train_mode,
                                     preset=pruning.preset, **pruning.options)
+            if budget:
+                record["budget_reached"] = result.info["budget"]
         else:
             result = prune(
                 model, pruning.method, pruning.sparsity, data=scoring_data, scope=pruning.scope,
@@ -142,7 +146,7 @@ def run_experiment(
         ids = [target.index] if target.type == "cuda" else None
         trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     result = train(trained, train_loader, test_loader, recipe, on_epoch_end=on_epoch_end,
-                   description=f"{pruning.method} {pruning.sparsity}", task=task)
+                   description=f"{pruning.method} {pruning.budget or pruning.sparsity}", task=task)
     record.update(
         finished_fields(record, model, masks, dense, result, scoring_seconds, processes=world_size()),
         final_accuracy=result.final_accuracy,

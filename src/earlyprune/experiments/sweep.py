@@ -18,6 +18,7 @@ The config::
     structured = [false]                  # optional
     presets = ["paper", "official"]       # optional: each method as its paper, or as its official code
     ablations = ["none", "shuffle"]       # optional: Frankle et al.'s sanity checks (shuffle, reinit, invert)
+    budgets = ["flops=0.25", "flops=0.5"] # optional, structured only: a cost instead of sparsities
 
     [options]                             # optional: the criterion's options, for every cell but dense
     temperature = 100                     # (each must be an option of every method of the grid)
@@ -61,7 +62,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 _AXES = {"datasets": "dataset", "models": "model", "methods": "method", "sparsities": "sparsity", "seeds": "seed",
-         "when": "when", "structured": "structured", "presets": "preset", "ablations": "ablation"}
+         "when": "when", "structured": "structured", "presets": "preset", "ablations": "ablation", "budgets": "budget"}
 
 
 class ConfigError(PruningError):
@@ -139,7 +140,8 @@ def load_sweep(path: str | Path, num_cpus: float | None = None) -> tuple[list[Ru
         settings = {"threads": threads, **recipe, **{name: value for (name, _), value in zip(axes, combo)}}
         if settings.get("method") == DENSE:
             # options: none; dense is one run whatever the pruning axes (preset, ablation) say
-            settings.update(sparsity=0.0, when="init", structured=False, preset="paper", ablation="none")
+            settings.update(sparsity=0.0, when="init", structured=False, preset="paper", ablation="none",
+                            budget=None)
         else:
             settings["options"] = dict(options)
         try:

@@ -96,8 +96,12 @@ def run_rl_experiment(config: Any, threads: int | None = None, device: str | Non
         batches = random_policy_batches(data.dataset, pruning.score_batches, data.batch_size, config.seed + 1)
         start = time.perf_counter()
         if pruning.structured:
-            prune_channels(model, pruning.method, pruning.sparsity, data=batches, seed=config.seed, task=agent.loss,
-                           optimizer=optimizer, **pruning.options)
+            budget = pruning.channel_budget(data.batch_size)  # instead of the sparsity, when given
+            result = prune_channels(model, pruning.method, None if budget else pruning.sparsity, data=batches,
+                                    budget=budget, seed=config.seed, task=agent.loss, optimizer=optimizer,
+                                    **pruning.options)
+            if budget:
+                record["budget_reached"] = result.info["budget"]
         else:
             masks = prune(model, pruning.method, pruning.sparsity, data=batches, scope=pruning.scope,
                           iterations=pruning.iterations, rule=pruning.rule, seed=config.seed, task=agent.loss,
@@ -139,7 +143,8 @@ def _early(config: Any, agent: DQNAgent, buffer: ReplayBuffer, record: dict[str,
     pruning = config.pruning
     scoring = ReplayScoringData(buffer, pruning.score_batches, config.data.batch_size, config.seed + 1)
     pruner = EarlyPruner(
-        agent.q_network, pruning.method, pruning.sparsity, scoring, structured=pruning.structured,
+        agent.q_network, pruning.method, None if pruning.budget else pruning.sparsity, scoring,
+        structured=pruning.structured, budget=pruning.channel_budget(config.data.batch_size),
         optimizer=agent.optimizer, at_epoch=pruning.prune_epoch,
         cap_epoch=None if pruning.prune_epoch else max(2, config.training.epochs // 2), seed=config.seed,
         task=agent.loss, **_unstructured_settings(pruning), **pruning.options,
@@ -156,6 +161,8 @@ def _early(config: Any, agent: DQNAgent, buffer: ReplayBuffer, record: dict[str,
         if not pruning.structured:
             record["collapsed"] = pruner.result.info["collapsed"]
             record["mask_sparsity"] = pruner.result.sparsity()
+        if pruning.budget is not None:
+            record["budget_reached"] = pruner.result.info["budget"]
         return True
 
     return step
