@@ -215,3 +215,87 @@ def test_building_the_pruner_keeps_every_submodule_in_its_own_mode():
     modes = {name: m.training for name, m in model.named_modules()}
     ActivationDensityPruner(model, torch.randn(1, 1, 28, 28))
     assert {name: m.training for name, m in model.named_modules()} == modes
+
+
+class HalfFiringLayer(nn.Module):
+    """1 input -> 8 units (ReLU) -> 1: unit i has weight (-1)**i and no bias, so on the inputs +1 and -1 each
+    unit fires on exactly one of the two: every unit, and so the layer, is half dense whatever its width."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(1, 8, bias=False)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(8, 1)
+        with torch.no_grad():
+            self.fc1.weight.copy_(torch.tensor([[(-1.0) ** i] for i in range(8)]))
+
+    def forward(self, x):
+        return self.fc2(self.relu(self.fc1(x)))
+
+
+def test_each_resize_keeps_the_density_fraction_of_the_current_width():
+    # density 0.5 at both resizes: 8 -> round(0.5 * 8) = 4 -> round(0.5 * 4) = 2 (of the current width, so the
+    # compression compounds); a rule on the original width would stay at 4.
+    model = HalfFiringLayer()
+    x = torch.tensor([[1.0], [-1.0]])
+    pruner = ActivationDensityPruner(model, x[:1], prune_every=1, stop_below=0.0, min_fraction=0.0, count_every=1)
+    model.train()
+    widths = []
+    for epoch in (1, 2):
+        model(x)
+        event = pruner.epoch_end(epoch)
+        assert event is not None and event.densities == {"fc1": pytest.approx(0.5)}
+        widths.append(model.fc1.out_features)
+    assert widths == [4, 2]
+    # ties in density are broken by index (stable sort): units 0 and 1 remain, one firing on each input
+    assert model.fc1.weight.flatten().tolist() == [1.0, -1.0]
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"last_epoch": 0}, "last_epoch must be an integer >= 1"),
+    ({"last_epoch": 2.5}, "last_epoch must be an integer >= 1"),
+    ({"stop_below": 1.5}, r"stop_below must be a number in \[0, 1\]"),
+    ({"min_fraction": -0.1}, r"min_fraction must be a number in \[0, 1\]"),
+    ({"min_channels": 0}, "min_channels must be an integer >= 1"),
+    ({"prune_every": 0}, "prune_every must be an integer >= 1"),
+    ({"count_every": True}, "count_every must be an integer >= 1"),
+])
+def test_settings_out_of_range_are_refused(settings, message):
+    with pytest.raises(ep.PruningError, match=message):
+        ActivationDensityPruner(DeadHalfMLP(), torch.rand(1, 8), **settings)
+
+
+def test_run_options_default_to_half_the_epochs_and_are_checked():
+    from earlyprune.activation_density import RUN_OPTIONS, run_settings
+    from earlyprune.experiments.config import RunConfig
+
+    assert run_settings({}, epochs=8) == {**RUN_OPTIONS, "last_epoch": 4}
+    assert run_settings({}, epochs=1)["last_epoch"] == 1
+    assert run_settings({"last_epoch": 6, "stop_below": 0.0}, epochs=8) == {**RUN_OPTIONS, "last_epoch": 6,
+                                                                            "stop_below": 0.0}
+    config = RunConfig(method="activation_density", options={"last_epoch": 3})
+    assert config.pruning.options == {"last_epoch": 3}
+    with pytest.raises(ep.PruningError, match="unknown option 'temperature' for method 'activation_density'"):
+        RunConfig(method="activation_density", options={"temperature": 100})
+    with pytest.raises(ep.PruningError, match="last_epoch must be an integer >= 1"):
+        RunConfig(method="activation_density", options={"last_epoch": 0})
+    with pytest.raises(ep.PruningError, match="stop_below"):
+        RunConfig(method="activation_density", options={"stop_below": "often"})
+
+
+def test_earlyprune_run_passes_the_last_epoch_option_to_the_pruner(tmp_path):
+    from earlyprune.cli import main
+    from earlyprune.experiments.records import read_records
+
+    def resize_epochs(*options: str) -> list[int]:
+        out = tmp_path / f"runs{len(options)}.jsonl"
+        code = main(["run", "--dataset", "mnist-sample", "--model", "lenet5", "--width", "0.5", "--epochs", "3",
+                     "--train-subset", "200", "--batch-size", "50", "--method", "activation_density",
+                     "--out", str(out), *options])
+        assert code == 0
+        (record,) = list(read_records(out))
+        return [event["epoch"] for event in record["prune_events"]]
+
+    assert resize_epochs() == [1]  # the default last epoch: half of 3 epochs
+    # resizes at epochs 1 and 2 (stop_below=0: no stop on a small cut), none after the given last epoch
+    assert resize_epochs("--option", "last_epoch=2", "--option", "stop_below=0", "--option", "count_every=1") == [1, 2]

@@ -8,21 +8,34 @@ network is resized: each layer keeps ``round(AD_l * width)`` channels, its dense
 continues on the smaller network with the surviving weights (no re-initialisation), through the same
 physical surgery and optimizer-state carry-over as structured EarlyCroP (:mod:`earlyprune.structured`).
 
+What the paper's abstract and introduction state, and this module follows: the network is pruned "real-time
+during training", with no pre-trained network; an "activation density based analysis ... identifies the
+optimal relative sizing or compression for each layer"; the network size is reduced "periodically during
+training"; compressed networks obtained "at different epochs" are compared in training compute with a
+baseline "trained entirely from scratch" (``last_epoch`` is that epoch here). Its algorithm section (when
+densities are measured, the exact width rule, whether training restarts after a resize, when resizing stops)
+could not be consulted, so the points below are choices, not the paper's stated rules (docs/methods.md,
+"Activation density: what the paper says and what is our choice").
+
 Choices where the paper is silent (documented and tested):
 
 * data and averaging: the counts accumulate over the training batches since the last resize (the
   ``prune_every`` epochs that just ended), in training mode, on every ``count_every``-th forward pass (default 4: the estimate
   still rests on thousands of examples per epoch, and counting costs a quarter; 1 counts every batch);
   counting is one sign and one sum per ReLU output;
+* the width rule is applied to the current width at each resize (8 channels at density 0.5 twice: 8, 4, 2),
+  so the compression compounds over resizes (with ReLU layers near half dense, four resizes of a VGG leave
+  about 1/256 of its convolution weights: the order of the paper's "up to 200x" fewer parameters);
 * which channels go: those with the lowest per-channel density (most often zero);
 * rounding and minimum: ``max(min_channels, ceil(min_fraction * original width), round(AD_l * width))``;
 * residual-tied channels (one group) are decided together: their density pools the counts of every ReLU
   that reads the group's channels (e.g. the stem ReLU and each block's output ReLU of a ResNet stage);
+* training after a resize continues from the surviving weights and their optimizer state;
 * stopping: once a resize shrinks no layer by more than ``stop_below`` (default 5%) of its width, resizing
   stops; and no resize happens after ``last_epoch`` (if given), so the final widths get the rest of
   training to recover. ReLU layers often stay near half dense after each resize, so without a last
   epoch the widths keep halving: ``earlyprune run`` sets ``last_epoch`` to half the epochs (the same
-  cap as its EarlyCroP trigger);
+  cap as its EarlyCroP trigger) unless ``--option last_epoch=N`` is given (:data:`RUN_OPTIONS`);
 * only ReLU: "non-zero" is exact for ReLU outputs. Models with other activation modules (GELU, SiLU, Tanh,
   Sigmoid, LeakyReLU, ELU, ...) are refused, as are models that apply ReLU functionally (no module to
   hook) and models that run one ReLU module more than once per forward pass (its counts would mix
@@ -34,6 +47,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -50,6 +64,46 @@ from .structured.groups import ChannelGroup, GroupPlan
 
 _OTHER_ACTIVATIONS = (nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.SELU, nn.PReLU, nn.Hardswish,
                       nn.Mish, nn.Softplus, nn.ReLU6, nn.Hardtanh, nn.CELU)
+
+#: The pruner's settings ``earlyprune run --method activation_density --option NAME=VALUE`` takes, with their
+#: defaults (``prune_every`` has its own flag, ``--prune-every``). ``last_epoch=None`` there is half the run's
+#: epochs (at least 1); ``last_epoch`` equal to the epochs lets resizing go on to the end.
+RUN_OPTIONS: dict[str, Any] = {"last_epoch": None, "stop_below": 0.05, "min_fraction": 0.05, "min_channels": 1,
+                               "count_every": 4}
+
+
+def check_settings(*, last_epoch: Any = None, stop_below: Any = 0.05, min_fraction: Any = 0.05,
+                   min_channels: Any = 1, count_every: Any = 4, prune_every: Any = 1) -> None:
+    """Raise :class:`PruningError` for a setting of :class:`ActivationDensityPruner` out of its range."""
+    def integer(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    for name, value in (("prune_every", prune_every), ("count_every", count_every), ("min_channels", min_channels)):
+        if not integer(value) or value < 1:
+            raise PruningError(f"{name} must be an integer >= 1, got {value!r}")
+    if last_epoch is not None and (not integer(last_epoch) or last_epoch < 1):
+        raise PruningError(f"last_epoch must be an integer >= 1 (the last epoch after which a resize may happen) "
+                           f"or None (no limit), got {last_epoch!r}")
+    for name, value in (("stop_below", stop_below), ("min_fraction", min_fraction)):
+        if not number(value) or not 0.0 <= value <= 1.0:
+            raise PruningError(f"{name} must be a number in [0, 1], got {value!r}")
+
+
+def run_settings(options: Mapping[str, Any], epochs: int) -> dict[str, Any]:
+    """The pruner's keyword arguments for a run of ``epochs`` epochs given its ``--option`` values
+    (:data:`RUN_OPTIONS`): the defaults, with ``last_epoch`` half the epochs (at least 1) unless given."""
+    unknown = sorted(set(options) - set(RUN_OPTIONS))
+    if unknown:
+        raise PruningError(f"unknown option {', '.join(map(repr, unknown))} for method 'activation_density'; "
+                           f"valid options: {', '.join(RUN_OPTIONS)}")
+    settings = {**RUN_OPTIONS, **options}
+    if settings["last_epoch"] is None:
+        settings["last_epoch"] = max(1, epochs // 2)
+    check_settings(**settings)
+    return settings
 
 
 @dataclass
@@ -101,10 +155,8 @@ class ActivationDensityPruner:
         last_epoch: int | None = None,
         count_every: int = 4,
     ):
-        if prune_every < 1:
-            raise PruningError(f"prune_every must be >= 1, got {prune_every}")
-        if count_every < 1:
-            raise PruningError(f"count_every must be >= 1, got {count_every}")
+        check_settings(last_epoch=last_epoch, stop_below=stop_below, min_fraction=min_fraction,
+                       min_channels=min_channels, count_every=count_every, prune_every=prune_every)
         others = sorted({type(m).__name__ for m in model.modules() if isinstance(m, _OTHER_ACTIVATIONS)})
         if others:
             raise PruningError(

@@ -225,6 +225,10 @@ class PruningConfig:
         """preset, ablation and score_mode apply to the criteria; an ablation to unstructured pruning at init
         (where Frankle et al. run them): elsewhere they would be ignored, so they are refused."""
         criterion = self.method != DENSE and self.method.lower() != "activation_density"
+        if self.method.lower() == "activation_density" and self.options:
+            from ..activation_density import run_settings
+
+            run_settings(self.options, epochs=2)  # the ranges (last_epoch, stop_below, ...), checked now
         if not criterion and (self.preset != "paper" or self.ablation != "none" or self.score_mode != "criterion"):
             raise PruningError(f"preset, ablation and score_mode apply to the pruning criteria, not to method "
                                f"{self.method!r}")
@@ -264,10 +268,15 @@ PARTS: dict[str, type] = {"data": DataConfig, "network": NetworkConfig, "trainin
 # --- criterion options --------------------------------------------------------------------------------------
 
 def method_option_defaults(method: str) -> dict[str, Any]:
-    """The options ``method`` accepts with their defaults: none for ``dense`` and ``activation_density``
-    (which has no criterion); raises :class:`PruningError` for an unknown method."""
-    if method == DENSE or (isinstance(method, str) and method.lower() == "activation_density"):
+    """The options ``method`` accepts with their defaults: none for ``dense``; the pruner's settings for
+    ``activation_density`` (which has no criterion: ``activation_density.RUN_OPTIONS``); raises
+    :class:`PruningError` for an unknown method."""
+    if method == DENSE:
         return {}
+    if isinstance(method, str) and method.lower() == "activation_density":
+        from ..activation_density import RUN_OPTIONS
+
+        return dict(RUN_OPTIONS)
     from ..pruning import method_options
 
     return method_options(method)

@@ -55,14 +55,15 @@ def epoch_callback(config: RunConfig, model: nn.Module, train_split: Any, record
 
 
 def _activation_density(config: RunConfig, model: nn.Module, scoring_batches, record, events):
-    from ..activation_density import ActivationDensityPruner
+    from ..activation_density import ActivationDensityPruner, run_settings
     from ..distributed import rewrap, unwrap
 
     # Built before training so that the first epoch is measured too; the training optimizer, created by
-    # the training loop, is handed over at each epoch's end.
+    # the training loop, is handed over at each epoch's end. --option values set the pruner's settings
+    # (last_epoch: half the epochs unless given).
     pruner = ActivationDensityPruner(unwrap(model), scoring_batches[0][0][:1],
                                      prune_every=config.pruning.prune_every,
-                                     last_epoch=max(1, config.training.epochs // 2))
+                                     **run_settings(config.pruning.options, config.training.epochs))
 
     def on_epoch_end(epoch: int, model: nn.Module, optimizer):
         event = pruner.epoch_end(epoch, optimizer=optimizer)

@@ -173,12 +173,12 @@ def _activation_density(config: Any, agent: DQNAgent, obs_dim: int, record: dict
     evaluation run in eval mode and are not counted); a per-epoch step that returns whether it resized.
     An epoch without gradient steps (all of it before ``learning_starts``) has nothing measured and is not
     counted among the ``prune_every`` epochs."""
-    from ..activation_density import ActivationDensityPruner
+    from ..activation_density import ActivationDensityPruner, run_settings
 
     example = torch.zeros(1, obs_dim)
     pruner = ActivationDensityPruner(agent.q_network, example, optimizer=agent.optimizer,
                                      prune_every=config.pruning.prune_every,
-                                     last_epoch=max(1, config.training.epochs // 2))
+                                     **run_settings(config.pruning.options, config.training.epochs))
     events: list[dict[str, Any]] = []
     record["prune_events"] = events
 
