@@ -142,7 +142,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if _already_recorded(config.key(), out, args.store, stored):
             print(f"run {config.key()} is already in {args.store}: skipped")
             return 0
-    record = run_experiment(config, data_dir=args.data_dir, cache_dir=args.cache_dir, device=args.device)
+    record = run_experiment(config, data_dir=args.data_dir, cache_dir=args.cache_dir, device=args.device,
+                            tensorboard=args.tensorboard)
     if rank() != 0:
         return 0  # under torchrun only rank 0 writes results
     written, failed = keep_record(record, out, args.store)
@@ -193,7 +194,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     return run_sweep(args.config, results_dir=args.results, jobs=args.jobs, dry_run=args.dry_run,
                      data_dir=args.data_dir, device=args.device, executor=args.executor, address=args.address,
-                     num_cpus=args.num_cpus, num_gpus=args.num_gpus, shard=args.shard)
+                     num_cpus=args.num_cpus, num_gpus=args.num_gpus, shard=args.shard, tensorboard=args.tensorboard)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -224,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--skip-existing", action="store_true",
                      help="do nothing if a run with the same settings is already in --store (resuming a script)")
     run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto: CUDA when available")
+    run.add_argument("--tensorboard", default=None, metavar="DIR",
+                     help="also log the run for TensorBoard into DIR/<run key>: per-epoch losses, metrics, learning "
+                          "rate, parameter count and sparsity, and the prunes (pip install 'earlyprune[tensorboard]')")
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="compare every method on the embedded MNIST sample (about a minute on 2 cores)")
@@ -253,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--shard", default=None, metavar="K/N",
                        help="run only the K-th (from 0) of N disjoint slices of the grid, into RESULTS/shard-K-of-N "
                             "(job arrays: --shard $SLURM_ARRAY_TASK_ID/N); earlyprune report RESULTS merges them")
+    sweep.add_argument("--tensorboard", default=None, metavar="DIR",
+                       help="log every cell for TensorBoard into DIR/<run key> (pip install 'earlyprune[tensorboard]')")
     sweep.set_defaults(func=cmd_sweep)
 
     rep = sub.add_parser("report", help="tables and plots of a results directory")

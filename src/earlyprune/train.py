@@ -224,6 +224,7 @@ def train(
     on_epoch_end: EpochCallback | None = None,
     description: str = "train",
     task: str | Task = "classification",
+    on_epoch_record: Callable[[EpochRecord, nn.Module], Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``config.epochs`` epochs and evaluate after each.
 
@@ -235,6 +236,9 @@ def train(
     The loss minimised and the metric recorded are the ``task``'s (a name or a
     :class:`~earlyprune.tasks.Task`): each :class:`EpochRecord` holds its main metric as ``train_metric``
     and ``test_metric`` (and the accuracy as ``train_accuracy``/``test_accuracy`` for classification).
+
+    ``on_epoch_record(record, model)`` is called with each epoch's :class:`EpochRecord` once it is recorded
+    (where the epoch's summary line is written), e.g. :meth:`earlyprune.tensorboard_log.TensorBoardLog.epoch_hook`.
     """
     task = _supervised(task)
     classification = task.metric == "accuracy"
@@ -309,6 +313,8 @@ def train(
             )
             if progress is not None:  # the epoch's metrics in the run's log as soon as it ends
                 progress.write(epoch_summary(result.history[-1], config.epochs, description))
+            if on_epoch_record is not None:
+                on_epoch_record(result.history[-1], model)
     finally:
         if progress is not None:
             progress.close()

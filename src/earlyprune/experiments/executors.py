@@ -75,6 +75,7 @@ class CellJob:
     data_dir: str | None = None
     threads: int = 1
     device: str | None = None
+    tensorboard: str | None = None  # a folder: each cell logs for TensorBoard into tensorboard/<its key>
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,8 @@ def run_cell(cell: RunConfig, job: CellJob) -> dict[str, Any]:
     """Run one cell and return its record (what every executor's workers call)."""
     from . import run
 
-    return run.run_experiment(cell, data_dir=job.data_dir, progress=False, threads=job.threads, device=job.device)
+    return run.run_experiment(cell, data_dir=job.data_dir, progress=False, threads=job.threads, device=job.device,
+                              tensorboard=job.tensorboard)
 
 
 def error_text(exc: BaseException) -> str:

@@ -29,6 +29,7 @@ from ..progress import default as progress_default
 from ..pruning import methods, prune
 from ..structured import prune_channels
 from ..tasks import get as get_task
+from ..tensorboard_log import TensorBoardLog, open_log
 from ..train import train
 from .config import DENSE, SCORE_MODES, RunConfig
 
@@ -57,6 +58,7 @@ def run_experiment(
     progress: bool | None = None,
     threads: int | None = None,
     device: str | None = None,
+    tensorboard: str | None = None,
 ) -> dict[str, Any]:
     """Run ``config`` and return its record. Deterministic on the CPU for a given seed.
 
@@ -68,8 +70,22 @@ def run_experiment(
     torch uses is taken. Either way it enters the record and the run's key (:func:`with_threads`): on the CPU the
     result depends on it. The data, the model and their fit (labels within the model's outputs, inputs it
     accepts) are checked before any pruning or training starts.
+
+    ``tensorboard`` (a folder) logs the run for TensorBoard into ``tensorboard/<run key>``
+    (:mod:`earlyprune.tensorboard_log`: per-epoch losses, metrics, learning rate, size, and the prunes); the
+    writer is closed when the run ends, on an error too. Not part of the key.
     """
     config = with_threads(config, threads)
+    board = open_log(tensorboard, config.key())
+    try:
+        return _run_experiment(config, data_dir, cache_dir, progress, threads, device, board)
+    finally:
+        if board is not None:
+            board.close()
+
+
+def _run_experiment(config: RunConfig, data_dir: str | None, cache_dir: str | None, progress: bool | None,
+                    threads: int | None, device: str | None, board: TensorBoardLog | None) -> dict[str, Any]:
     data, network, pruning = config.data, config.network, config.pruning
     if pruning.method != DENSE and pruning.method.lower() not in methods():
         raise PruningError(f"unknown method {pruning.method!r}; known methods: {', '.join(methods())}, or 'dense' "
@@ -78,7 +94,7 @@ def run_experiment(
     if is_environment(data.dataset):  # reinforcement learning: an agent's own loop (earlyprune.rl)
         from ..rl.experiment import run_rl_experiment
 
-        return run_rl_experiment(config, threads=threads, device=device)
+        return run_rl_experiment(config, threads=threads, device=device, board=board)
     if data.steps_per_epoch is not None:
         raise PruningError("--steps-per-epoch applies to reinforcement learning (--dataset cartpole) only: an "
                            "epoch of a dataset is one pass over its training split")
@@ -105,6 +121,8 @@ def run_experiment(
     record: dict[str, Any] = {"key": config.key(), **config.as_dict()}
     record.update(task=task.name, metric_name=task.metric, higher_is_better=task.higher_is_better,
                   dense_params=dense.params, dense_flops=dense.flops)
+    if board is not None:
+        board.settings(record)
 
     scoring_seconds = 0.0
     masks = None
@@ -135,6 +153,8 @@ def run_experiment(
             record["collapsed"] = masks.info["collapsed"]
             record["schedule"] = masks.info["schedule"]
             record["layer_density"] = {name: 1.0 - s for name, s in masks.layer_sparsity().items()}
+        if board is not None:
+            board.initial_prune(pruning.method, model, dense.params, None if masks is None else masks.sparsity())
     elif pruning.method != DENSE:
         from .during_training import epoch_callback
 
@@ -146,7 +166,8 @@ def run_experiment(
         ids = [target.index] if target.type == "cuda" else None
         trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     result = train(trained, train_loader, test_loader, recipe, on_epoch_end=on_epoch_end,
-                   description=f"{pruning.method} {pruning.budget or pruning.sparsity}", task=task)
+                   description=f"{pruning.method} {pruning.budget or pruning.sparsity}", task=task,
+                   on_epoch_record=None if board is None else board.epoch_hook(record))
     record.update(
         finished_fields(record, model, masks, dense, result, scoring_seconds, processes=world_size()),
         final_accuracy=result.final_accuracy,

@@ -252,7 +252,7 @@ def _describe(cell: RunConfig) -> str:
 def run_sweep(config_path: str | Path, results_dir: str | None = None, jobs: int = 1, dry_run: bool = False,
               data_dir: str | None = None, device: str | None = None, executor: str = "local",
               address: str | None = None, num_cpus: float | None = None, num_gpus: float | None = None,
-              shard: str | Shard | None = None) -> int:
+              shard: str | Shard | None = None, tensorboard: str | None = None) -> int:
     """Run every cell of the sweep not yet in the store; returns a process exit code: 0 when every cell
     is finished, 1 when some failed (each is reported on stderr and recorded in the store as failed, so
     the next invocation runs it again).
@@ -265,7 +265,14 @@ def run_sweep(config_path: str | Path, results_dir: str | None = None, jobs: int
     ``RESULTS/shard-K-of-N``.
 
     ``device`` is passed to every cell (see :func:`.run.run_experiment`); with ``jobs > 1`` on one GPU the
-    workers share it."""
+    workers share it. ``tensorboard`` (a folder) has every cell log for TensorBoard into
+    ``tensorboard/<its key>`` (:mod:`earlyprune.tensorboard_log`; made absolute here, so that workers started
+    elsewhere write to the same folder)."""
+    if tensorboard is not None:
+        from ..tensorboard_log import summary_writer_class
+
+        summary_writer_class()  # the package is missing: say so before any cell runs
+        tensorboard = str(Path(tensorboard).expanduser().absolute())
     cells, configured = load_sweep(config_path, num_cpus=num_cpus)
     results = results_dir or configured
     if not results:
@@ -278,7 +285,7 @@ def run_sweep(config_path: str | Path, results_dir: str | None = None, jobs: int
         results = shard.results_dir(results)
         print(f"shard {shard}: {len(cells)} of the grid's {grid_size} cells")
     # each cell's thread count is one of its settings (load_sweep), so --jobs changes no cell's key
-    job = CellJob(data_dir=data_dir, threads=resources.threads(1), device=device)
+    job = CellJob(data_dir=data_dir, threads=resources.threads(1), device=device, tensorboard=tensorboard)
     runner = make_executor(executor, job, jobs=jobs, resources=resources, address=address)
     done, failed_before = set(), {}
     if not dry_run or (Path(results) / STORE_NAME).exists():  # a dry run creates no store

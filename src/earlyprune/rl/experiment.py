@@ -50,9 +50,10 @@ TASK = "reinforcement_learning"
 
 
 def run_rl_experiment(config: Any, threads: int | None = None, device: str | None = None,
-                      dqn: DQNConfig = DQNConfig()) -> dict[str, Any]:
+                      dqn: DQNConfig = DQNConfig(), board: Any = None) -> dict[str, Any]:
     """Run ``config`` (a :class:`~earlyprune.experiments.config.RunConfig` on an environment) and return
-    its record. Deterministic on the CPU for a given seed."""
+    its record. Deterministic on the CPU for a given seed. ``board``: a
+    :class:`~earlyprune.tensorboard_log.TensorBoardLog` the run logs to (closed by the caller)."""
     from ..experiments.config import DENSE
     from ..experiments.run import resolve_device
 
@@ -86,6 +87,8 @@ def run_rl_experiment(config: Any, threads: int | None = None, device: str | Non
     record.update(task=TASK, metric_name="return", higher_is_better=True, dense_params=dense.params,
                   dense_flops=dense.flops, steps_per_epoch=steps_per_epoch, env_steps=config.training.epochs *
                   steps_per_epoch, eval_seeds=list(EVAL_SEEDS), dqn=dataclasses.asdict(dqn))
+    if board is not None:
+        board.settings(record)
 
     masks = None
     scoring_seconds = 0.0
@@ -110,6 +113,8 @@ def run_rl_experiment(config: Any, threads: int | None = None, device: str | Non
             record["schedule"] = masks.info["schedule"]
         scoring_seconds = time.perf_counter() - start
         agent.sync_target()
+        if board is not None:
+            board.initial_prune(pruning.method, model, dense.params, None if masks is None else masks.sparsity())
     elif pruning.method != DENSE:
         pruner_step = _early(config, agent, buffer, record)
 
@@ -123,7 +128,8 @@ def run_rl_experiment(config: Any, threads: int | None = None, device: str | Non
 
     result = train_dqn(agent, data.dataset, buffer, epochs=training.epochs, steps_per_epoch=steps_per_epoch,
                        batch_size=data.batch_size, seed=config.seed, scheduler=scheduler, on_epoch_end=on_epoch_end,
-                       evaluate=lambda q: evaluate_greedy(q, data.dataset))
+                       evaluate=lambda q: evaluate_greedy(q, data.dataset),
+                       on_epoch_record=None if board is None else board.epoch_hook(record))
     record.update(
         finished_fields(record, model, masks, dense, result, scoring_seconds, processes=1),
         final_accuracy=None,

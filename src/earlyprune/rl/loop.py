@@ -60,10 +60,13 @@ def train_dqn(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     on_epoch_end: EpochCallback | None = None,
     evaluate: Callable[[Any], dict[str, float]] | None = None,
+    on_epoch_record: Callable[[EpochRecord, Any], Any] | None = None,
 ) -> TrainResult:
     """Train ``agent`` for ``epochs`` x ``steps_per_epoch`` environment steps (see the module). The
     environment's first reset, the exploration and the replayed batches are seeded with ``seed``.
-    ``evaluate(q_network)`` gives the metrics recorded after each epoch (``{"return": ...}``)."""
+    ``evaluate(q_network)`` gives the metrics recorded after each epoch (``{"return": ...}``);
+    ``on_epoch_record(record, q_network)`` is called with each epoch's record once it is recorded (as in
+    :func:`earlyprune.train.train`)."""
     if steps_per_epoch < 1:
         raise PruningError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
     config = agent.config
@@ -118,6 +121,8 @@ def train_dqn(
                 train_metric=statistics.fmean(finished) if finished else None, test_metric=tested.get(METRIC),
                 test_metrics=tested,
             ))
+            if on_epoch_record is not None:
+                on_epoch_record(result.history[-1], agent.q_network)
     finally:
         env.close()
     result.seconds = time.perf_counter() - started
