@@ -329,3 +329,35 @@ def test_run_records_the_task_and_its_metric(monkeypatch):
     tables = report.markdown_tables(report.summarise([record, {**record, "seed": 1}]))
     assert "Test RMSE (lower is better), mean ± std over seeds" in tables
     assert f"{record['final_metric']:.4g} ± 0" in tables and "accuracy" not in tables
+
+
+@pytest.mark.parametrize("task_name", ["classification", "regression", "language_modelling"])
+def test_meters_accumulate_on_the_device_and_agree_with_one_pass(task_name):
+    """The meters keep their sums as tensors between batches (no host read per training step, which on a
+    GPU would synchronise every step) and give what one pass over all the data gives."""
+    torch.manual_seed(0)
+    task = tasks.get(task_name)
+    if task_name == "classification":
+        outputs, targets = torch.randn(12, 5), torch.randint(0, 5, (12,))
+    elif task_name == "regression":
+        outputs, targets = torch.randn(12, 2), torch.randn(12, 2) + 3.0
+    else:
+        outputs, targets = torch.randn(3, 4, 7), torch.randint(0, 7, (3, 4))
+    meter = task.meter()
+    for start in range(0, outputs.shape[0], 4 if task_name != "language_modelling" else 1):
+        stop = start + (4 if task_name != "language_modelling" else 1)
+        meter.update(outputs[start:stop], targets[start:stop])
+        sums = [v for v in vars(meter).values() if isinstance(v, torch.Tensor)]
+        assert sums and all(v.device == outputs.device for v in sums)
+        assert not any(isinstance(v, float) and v != 0 for v in vars(meter).values())
+    whole = task.meter()
+    whole.update(outputs, targets)
+    got, expected = meter.result(), whole.result()
+    assert got.keys() == expected.keys()
+    for key in got:
+        assert got[key] == pytest.approx(expected[key], rel=1e-6)  # float32 sums, in another order
+    if task_name == "regression":  # an independent route: RMSE from the definition
+        assert got["rmse"] == pytest.approx(float(((outputs - targets) ** 2).mean().sqrt()), rel=1e-6)
+    if task_name == "language_modelling":
+        nll = F.cross_entropy(outputs.reshape(-1, 7), targets.reshape(-1))
+        assert got["perplexity"] == pytest.approx(math.exp(float(nll)), rel=1e-5)

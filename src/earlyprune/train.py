@@ -259,6 +259,7 @@ def train(
     reset_peak_memory(device)
     energy_meter = EnergyMeter().start()
     checked = False
+    shown_steps = 0
     try:
         for epoch in range(1, config.epochs + 1):
             epoch_start = time.perf_counter()
@@ -289,7 +290,9 @@ def train(
                     meter.update(outputs.detach().float() if amp else outputs.detach(), targets)
                 if progress is not None:
                     progress.update(1)
-                    progress.set_postfix(epoch=epoch, loss=f"{float(loss.detach()):.3f}", refresh=False)
+                    shown_steps += 1
+                    if shown_steps % _LOSS_SHOWN_EVERY == 1:  # reading the loss synchronises a GPU: not every step
+                        progress.set_postfix(epoch=epoch, loss=f"{float(loss.detach()):.3f}", refresh=False)
             if meter.count == 0:
                 raise PruningError("the training data is empty")
             trained = meter.result()
@@ -382,6 +385,9 @@ def _length(loader: Iterable[Any]) -> int | None:
         return len(loader)  # type: ignore[arg-type]
     except TypeError:
         return None
+
+
+_LOSS_SHOWN_EVERY = 25  # steps between the progress display's loss readings
 
 
 def _progress(enabled: bool | None, total: int, description: str):

@@ -69,23 +69,32 @@ class PerplexityMeter(Meter):
 
     def __init__(self, ignore_index: int = IGNORE_INDEX) -> None:
         self.ignore_index = ignore_index
-        self.nll = 0.0
-        self.correct = 0
-        self.count = 0
+        # the sums stay tensors on the outputs' device (read once, in result() or count: no host
+        # synchronisation per batch)
+        self.nll: torch.Tensor | float = 0.0
+        self.correct: torch.Tensor | int = 0
+        self.counted: torch.Tensor | int = 0
+
+    @property
+    def count(self) -> int:  # type: ignore[override]
+        """Tokens measured so far (positions whose target is not ``ignore_index``)."""
+        return int(self.counted)
 
     def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         logits, flat = outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1)
         counted = flat != self.ignore_index
-        self.nll += float(F.cross_entropy(logits, flat, ignore_index=self.ignore_index, reduction="sum"))
-        self.correct += int(((logits.argmax(-1) == flat) & counted).sum())
-        self.count += int(counted.sum())
+        nll = F.cross_entropy(logits, flat, ignore_index=self.ignore_index, reduction="sum")
+        self.nll = self.nll + nll.double()
+        self.correct = self.correct + ((logits.argmax(-1) == flat) & counted).sum()
+        self.counted = self.counted + counted.sum()
 
     def result(self) -> dict[str, float]:
-        if not self.count:
+        count = self.count
+        if not count:
             raise PruningError("no tokens were measured")
-        loss = self.nll / self.count
+        loss = float(self.nll) / count
         return {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else math.inf,
-                "token_accuracy": self.correct / self.count}
+                "token_accuracy": int(self.correct) / count}
 
 
 LANGUAGE_MODELLING = LanguageModelling()

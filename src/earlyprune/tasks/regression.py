@@ -64,7 +64,7 @@ class RegressionMeter(Meter):
     squared deviations (Chan et al.'s pairwise update, so R² loses no precision to large means)."""
 
     def __init__(self) -> None:
-        self.sse = 0.0
+        self.sse: torch.Tensor | float = 0.0  # a float64 tensor on the outputs' device once updated
         self.count = 0
         self.rows = 0
         self.mean: torch.Tensor | None = None  # per column, float64
@@ -76,8 +76,11 @@ class RegressionMeter(Meter):
         if aligned is None:
             raise PruningError(f"regression targets of shape {shape(targets)} do not match outputs {shape(outputs)}")
         targets = aligned
-        y = targets.detach().double().reshape(targets.shape[0] if targets.dim() else 1, -1).cpu()
-        f = outputs.detach().double().reshape(y.shape).cpu()
+        # everything stays on the outputs' device, in float64 (read once, in result(): no host
+        # synchronisation per batch)
+        y = targets.detach().to(device=outputs.device, dtype=torch.float64)
+        y = y.reshape(targets.shape[0] if targets.dim() else 1, -1)
+        f = outputs.detach().double().reshape(y.shape)
         err = ((f - y) ** 2).sum(0)
         n = y.shape[0]
         mean, m2 = y.mean(0), ((y - y.mean(0)) ** 2).sum(0)
@@ -90,13 +93,13 @@ class RegressionMeter(Meter):
             self.mean = self.mean + delta * n / total
             self.column_sse = self.column_sse + err
         self.rows += n
-        self.sse += float(err.sum())
+        self.sse = self.sse + err.sum()
         self.count += y.numel()
 
     def result(self) -> dict[str, float]:
         if not self.count:
             raise PruningError("no examples were measured")
-        mse = self.sse / self.count
+        mse = float(self.sse) / self.count
         varying = self.m2 > 0
         r2 = float((1 - self.column_sse[varying] / self.m2[varying]).mean()) if bool(varying.any()) else math.nan
         return {"loss": mse, "rmse": math.sqrt(mse), "r2": r2}
