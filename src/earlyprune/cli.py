@@ -70,9 +70,10 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         if declaration.kind is dict:  # the criterion's options
             action = group.add_argument(
                 "--option", dest="option", action="append", default=[], metavar="NAME=VALUE",
-                help="an option of the method's criterion, repeatable (e.g. --option temperature=100 for grasp; "
-                     "VALUE: a number, true, false, null or text); earlyprune.pruning.method_options(METHOD) "
-                     "lists them (default: none, so every option keeps the criterion's default)")
+                help="an option of the method, repeatable (e.g. --option temperature=100 for grasp, "
+                     "--option last_epoch=6 for activation_density; VALUE: a number, true, false, null or text); "
+                     "earlyprune.experiments.config.method_option_defaults(METHOD) lists them (default: none, so "
+                     "every option keeps the method's default)")
             continue
         if declaration.kind is bool:
             action = group.add_argument(flag, dest=declaration.name, action=argparse.BooleanOptionalAction,
