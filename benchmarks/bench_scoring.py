@@ -94,18 +94,27 @@ def bench(name: str, repeats: int) -> dict[str, float]:
 
 
 def memory_of(name: str, method: str) -> float:
-    """Peak RSS growth (MiB) of one scoring call, in a fresh interpreter (Linux ru_maxrss is in KiB)."""
+    """Peak resident memory growth (MiB) of one scoring call, in a fresh interpreter (Linux).
+
+    The peak is the kernel's VmHWM, reset just before the call (``/proc/self/clear_refs``): ru_maxrss
+    would not do, since a child started from a large parent process inherits the parent's peak.
+    """
     code = f"""
-import resource, torch, earlyprune as ep
+import torch, earlyprune as ep
 from earlyprune import models
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
 torch.manual_seed(0)
 x, y = torch.randn({BATCH[name]}, *models.input_shape({name!r})), torch.arange({BATCH[name]}) % 10
 m = models.create({name!r})
 import torch.nn.functional as F
 F.cross_entropy(m(x), y).backward(); m.zero_grad(set_to_none=True)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # resets the peak resident size to the current one
+base = status("VmRSS")
 {"ep.score(m, " + repr(method) + ", (x, y))" if method != "dense" else "F.cross_entropy(m(x), y).backward()"}
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+print((status("VmHWM") - base) / 1024)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
