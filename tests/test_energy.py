@@ -59,3 +59,34 @@ def test_a_training_run_records_its_energy_or_says_not_measured(tmp_path, monkey
     monkeypatch.setattr(energy, "POWERCAP_ROOT", str(tmp_path / "absent"))
     result = train(nn.Linear(3, 2), data, None, TrainConfig(epochs=1, progress=False))
     assert result.energy_joules is None and result.as_dict()["energy_source"] == "not measured"
+
+
+def test_a_run_record_and_an_rl_result_carry_the_energy(tmp_path, monkeypatch):
+    """`earlyprune run` writes the training's joules and their source into the run's record (the report's
+    accuracy-vs-energy plot reads them); the RL loop measures them as the supervised one does."""
+    import json
+
+    from earlyprune.cli import main
+
+    monkeypatch.setattr(energy, "_nvml_reader", lambda: None)
+    domain = write_domain(tmp_path, "intel-rapl:0", 0, max_range=10**12)
+    monkeypatch.setattr(energy, "POWERCAP_ROOT", str(tmp_path))
+    reads = []
+    original_read = energy.EnergyMeter._read
+
+    def read(self):  # each read of the counter sees 2 J more than the one before
+        reads.append(1)
+        (domain / "energy_uj").write_text(f"{2_000_000 * len(reads)}\n")
+        return original_read(self)
+
+    monkeypatch.setattr(energy.EnergyMeter, "_read", read)
+    out = tmp_path / "runs.jsonl"
+    assert main(["run", "--dataset", "mnist-sample", "--model", "lenet300", "--width", "0.25", "--method", "random",
+                 "--sparsity", "0.5", "--epochs", "1", "--train-subset", "200", "--out", str(out)]) == 0
+    (record,) = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    assert record["energy_source"] == "rapl" and record["energy_joules"] == 2.0
+    monkeypatch.setattr(energy, "POWERCAP_ROOT", str(tmp_path / "absent"))
+    assert main(["run", "--dataset", "mnist-sample", "--model", "lenet300", "--width", "0.25", "--method", "random",
+                 "--sparsity", "0.5", "--epochs", "1", "--train-subset", "200", "--seed", "1", "--out", str(out)]) == 0
+    record = json.loads(out.read_text().splitlines()[-1])
+    assert record["energy_source"] == "not measured" and record["energy_joules"] is None

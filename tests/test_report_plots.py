@@ -190,3 +190,26 @@ def test_report_of_a_small_model_has_no_zero_columns(tmp_path):
     assert "| 0.0000 |" not in text and "| 0.000 |" not in text
     for name in ("accuracy_vs_sparsity.png", "accuracy_vs_time.png", "accuracy_vs_training_flops.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_accuracy_vs_energy_is_drawn_only_when_runs_measured_energy(tmp_path, figures):
+    """No energy counters (every run "not measured"): no energy plot. Counters read: the plot shows each
+    method's mean energy over its seeds against its accuracy."""
+    without, with_energy = tmp_path / "without", tmp_path / "with"
+    records = [record("dense", 0.0, seed, accuracy=0.98) for seed in (0, 1)] + [record("snip", 0.9, 0, accuracy=0.9)]
+    with ResultsStore(without) as store:
+        for r in records:
+            store.add({**r, "energy_joules": None, "energy_source": "not measured"})
+    report.write_report(without)
+    assert not (without / "accuracy_vs_energy.png").exists()
+    assert "(accuracy_vs_energy.png)" not in (without / "report.md").read_text()
+    joules = {("dense", 0): 100.0, ("dense", 1): 140.0, ("snip", 0): 30.0}
+    with ResultsStore(with_energy) as store:
+        for r in records:
+            store.add({**r, "energy_joules": joules[r["method"], r["seed"]], "energy_source": "rapl"})
+    before = len(figures)
+    report.write_report(with_energy)
+    assert "(accuracy_vs_energy.png)" in (with_energy / "report.md").read_text()
+    energy_figure = next(fig for fig in figures[before:] if "energy" in fig.axes[0].get_xlabel())
+    xs = sorted({float(x) for line in energy_figure.axes[0].lines for x in line.get_xdata()})
+    assert xs == [30.0, 120.0]  # snip's one run; dense's mean over its two seeds

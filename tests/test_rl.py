@@ -258,3 +258,26 @@ def test_dqn_mlp_is_the_zoo_q_network():
     assert torch.equal(ep.calling.predict(q, batch), q(batch["obs"]))  # called on a batch's observations
     with pytest.raises(ValueError, match="obs_dim"):
         models.create("dqn-mlp", in_channels=3)
+
+
+def test_an_rl_run_records_the_energy_from_the_hardware_counter(tmp_path, monkeypatch):
+    """The DQN loop reads the energy counters around its training, as the supervised loop does."""
+    from earlyprune import energy
+
+    monkeypatch.setattr(energy, "_nvml_reader", lambda: None)
+    domain = tmp_path / "intel-rapl:0"
+    domain.mkdir()
+    (domain / "max_energy_range_uj").write_text(f"{10**12}\n")
+    (domain / "energy_uj").write_text("0\n")
+    monkeypatch.setattr(energy, "POWERCAP_ROOT", str(tmp_path))
+    reads = []
+    original_read = energy.EnergyMeter._read
+
+    def read(self):  # 5 J between consecutive reads
+        reads.append(1)
+        (domain / "energy_uj").write_text(f"{5_000_000 * len(reads)}\n")
+        return original_read(self)
+
+    monkeypatch.setattr(energy.EnergyMeter, "_read", read)
+    record = tiny_run(method="dense", epochs=1)
+    assert record["energy_source"] == "rapl" and record["energy_joules"] == 5.0

@@ -128,6 +128,7 @@ def summarise(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[s
                     "seconds": statistics.fmean(r.get("train_seconds", 0) + r.get("scoring_seconds", 0) for r in runs),
                     "achieved_sparsity": statistics.fmean(r.get("achieved_sparsity", 0) for r in runs),
                     "training_flops": _mean_of_present(runs, "training_flops"),
+                    "energy_joules": _mean_of_present(runs, "energy_joules"),
                     # the recipe, for titles and captions: widths, training subsets, epochs, seeds
                     "widths": sorted({float(r.get("width") or 1.0) for r in runs}),
                     "subsets": sorted({int(r.get("train_subset") or 0) for r in runs}),
@@ -676,6 +677,9 @@ def write_report(results_dir: str | Path | Sequence[str | Path], out_dir: str | 
         plot_accuracy_vs(summary, "training_flops", "training compute: forward + backward ({unit})",
                          out / "accuracy_vs_training_flops.png")
         figures.append("accuracy_vs_training_flops.png")
+    if any(r.get("energy_joules") is not None for r in records):  # only where the hardware reported it
+        plot_accuracy_vs(summary, "energy_joules", "energy used in training (J)", out / "accuracy_vs_energy.png")
+        figures.append("accuracy_vs_energy.png")
     notes = ""
     if len(read.stores) > 1:
         notes += (f"Merged from {len(read.stores)} stores ({read.duplicates} duplicate run(s) counted once"

@@ -295,6 +295,9 @@ def finished_fields(record: dict[str, Any], model: torch.nn.Module, masks: Masks
         scoring_seconds=scoring_seconds + record.get("scoring_seconds", 0.0),
         train_seconds=result.seconds,
         peak_memory_mb=result.peak_memory_mb,
+        # joules from the hardware's counters (RAPL, NVML) over the training, else None and "not measured"
+        energy_joules=getattr(result, "energy_joules", None),
+        energy_source=getattr(result, "energy_source", "not measured"),
         earlyprune_version=__version__,
         torch_version=torch.__version__,
         python_version=platform.python_version(),

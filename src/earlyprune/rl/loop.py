@@ -27,6 +27,7 @@ import torch
 
 from ..errors import PruningError
 from ..model_state import model_device
+from ..energy import EnergyMeter
 from ..train import EpochRecord, TrainResult, peak_memory_mb, reset_peak_memory
 from .agent import DQNAgent
 from .buffer import ReplayBuffer
@@ -79,6 +80,7 @@ def train_dqn(
     device = model_device(agent.q_network)
     reset_peak_memory(device)
     started = time.perf_counter()
+    energy_meter = EnergyMeter().start()
     obs, _ = env.reset(seed=seed)
     episode_return, step = 0.0, 0
     try:
@@ -127,4 +129,5 @@ def train_dqn(
         env.close()
     result.seconds = time.perf_counter() - started
     result.peak_memory_mb = peak_memory_mb(device)
+    result.energy_joules, result.energy_source = energy_meter.stop()
     return result
