@@ -4,7 +4,8 @@ Each repeat runs every variant once, in turn (so load drift hits them alike), an
 median over the repeats. Besides the library's routes it times the plain routes they replaced, on the
 same model and batch: ``grasp (two-pass)`` / ``crop (two-pass)`` recompute the gradient's graph for the
 Hessian-gradient product (the official GraSP code's construction), ``synflow x100 (per-round calls)``
-is one scoring call and one selection per round. Scoring memory: peak resident memory growth of one
+is one scoring call and one selection per round; ``100 bare fwd+bwd of one example`` is the floor of
+SynFlow's 100 rounds (their passes without scoring or selection). Scoring memory: peak resident memory growth of one
 call of each method, measured in a fresh subprocess per method (``--memory``).
 
 Usage: python benchmarks/bench_scoring.py [--threads 2] [--models lenet5 resnet20] [--repeats 5] [--memory]
@@ -75,6 +76,16 @@ def variants(name: str, x, y) -> dict:
     fns["crop (two-pass)"] = lambda: two_pass(model, x, y, 1.0, absolute=True)
     fns["synflow x100 (prune)"] = lambda: ep.prune(models.create(name), "synflow", 0.98, on_collapse="allow")
     fns["synflow x100 (per-round calls)"] = lambda: synflow_per_round_calls(models.create(name))
+    ones = torch.ones(1, *x.shape[1:])
+
+    def bare_rounds():  # the floor of any 100-round SynFlow: its forward and backward passes alone
+        model.eval()  # as SynFlow scores
+        for _ in range(100):
+            model.zero_grad(set_to_none=True)
+            model(ones).sum().backward()
+        model.train()
+
+    fns["100 bare fwd+bwd of one example"] = bare_rounds
     return fns
 
 
