@@ -120,9 +120,13 @@ def test_model_aliases_and_dataset_case_are_accepted_like_earlyprune_run(tmp_pat
 
 
 def test_valid_examples_still_load():
-    for example in sorted(Path(__file__).parent.parent.glob("examples/*.toml")):
+    root = Path(__file__).parent.parent
+    for example in sorted(root.glob("examples/*.toml")):
         cells, results = load_sweep(example)
         assert cells and results
+        # results= is read against the TOML's folder: each example writes under the repository's results/,
+        # where the documented `earlyprune report results/<name>` (run from the repository) reads it
+        assert Path(results).resolve().parent == (root / "results").resolve(), example
 
 
 # --- 2. a failing cell is reported and recorded; the others run; it is retried next time -------------------
