@@ -175,7 +175,9 @@ def run_cell(model: torch.nn.Module, method: str, structured: bool, data, probe,
                 result = ep.prune_channels(work, method, STRUCTURED_SPARSITY, data=[data])
                 pruned = result.model
             else:
-                masks = ep.prune(work, method, UNSTRUCTURED_SPARSITY, data=[data], **OPTIONS.get(method, {}))
+                # "warn": the matrix reports each collapse (its c=N column) rather than stopping at it
+                masks = ep.prune(work, method, UNSTRUCTURED_SPARSITY, data=[data], on_collapse="warn",
+                                 **OPTIONS.get(method, {}))
                 pruned = work
             problem = check_forward(pruned, probe)
         signal.alarm(0)

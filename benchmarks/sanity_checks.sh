@@ -8,7 +8,8 @@
 #    epoch 2, batch 100; tested on all 10,000), 3 seeds, with no ablation and each of shuffle / reinit /
 #    invert (plus the dense reference): 99 runs. A CPU-sized schedule: the accuracies are far below
 #    full-training ones; what is compared is the ablations against no ablation under the same recipe.
-#    The same for LeNet-5 (Caffe) at 98% only (a conv net is ~20x slower here) in sanity-mnist-lenet5.
+#    Collapsed layers are kept (on_collapse = "warn": inverted scores cut SynFlow's networks, which is what
+#    the check measures). The same for LeNet-5 (Caffe) at 98% only (a conv net is ~20x slower here) in sanity-mnist-lenet5.
 # 2. The same recipe at 98%, SNIP / GraSP / SynFlow / ProsPr / CroP, preset paper vs official, 3 seeds,
 #    in the same results store (the paper cells of SNIP/GraSP/SynFlow/ProsPr are shared with sweep 1).
 # Each sweep is resumable (stop and start again: finished cells are skipped); the report (tables, the
@@ -24,6 +25,7 @@ results = "$ROOT/sanity-mnist-lenet300"
 [recipe]
 epochs = 3
 train_subset = 6000
+on_collapse = "warn"
 [grid]
 datasets = ["mnist"]
 models = ["lenet300"]

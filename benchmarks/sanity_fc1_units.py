@@ -19,7 +19,7 @@ for method in ("snip", "grasp", "synflow", "prospr"):
         torch.manual_seed(0)
         model = models.create("lenet300", num_classes=10, in_channels=1, input_size=28)
         loader = subset.loader(100, shuffle=True, augment=False, seed=1)
-        masks = ep.prune(model, method, 0.98, data=loader, ablation=ablation)
+        masks = ep.prune(model, method, 0.98, data=loader, ablation=ablation, on_collapse="warn")
         fc1 = masks["fc1.weight"].bool()
         print(f"{method:8s} {ablation or 'none':8s} fc1 kept {int(fc1.sum()):5d}, units with any input "
               f"{int(fc1.any(1).sum())}/{fc1.shape[0]}")

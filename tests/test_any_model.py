@@ -182,14 +182,16 @@ def test_lstm_pruned_to_90_percent_and_a_warning_when_little_is_prunable():
     model = EmbeddingLSTM()
     tokens, y = torch.randint(0, 1000, (6, 5)), torch.arange(6) % 3
     with pytest.warns(UserWarning, match=r"embed\.weight \(Embedding, 16,000\).*include="):
-        masks = ep.prune(model, "snip", 0.9, data=(tokens, y))
+        # on so small an LSTM, 90% empties the recurrent layers (the guard's subject, not this test's)
+        masks = ep.prune(model, "snip", 0.9, data=(tokens, y), on_collapse="allow")
     assert set(masks) == {"rnn.weight_ih_l0", "rnn.weight_hh_l0", "head.weight"}
     assert masks.sparsity() == pytest.approx(0.9, abs=1e-3)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         masks = ep.prune(EmbeddingLSTM(), "magnitude", 0.9, include=[nn.Embedding], scope="layer")
     assert "embed.weight" in masks
-    assert set(ep.prune(EmbeddingLSTM(), "magnitude", 0.5, include=["embed.weight"], exclude=["head"])) == {
+    assert set(ep.prune(EmbeddingLSTM(), "magnitude", 0.5, include=["embed.weight"], exclude=["head"],
+                        on_collapse="allow")) == {
         "embed.weight", "rnn.weight_ih_l0", "rnn.weight_hh_l0"}
     with pytest.raises(ep.PruningError, match="include names"):
         ep.prune(EmbeddingLSTM(), "magnitude", 0.5, include=["nope"])

@@ -34,11 +34,11 @@ def test_all_zero_scores_are_an_error_or_with_warn_a_warning():
     with pytest.raises(ep.PruningError, match="scored every weight 0.*cross-entropy on one output is always 0"):
         ep.prune(model(), constant_importance(0.0), 0.5)
     with pytest.warns(RuntimeWarning, match="scored every weight 0"):
-        masks = ep.prune(model(), constant_importance(0.0), 0.5, on_zero_scores="warn")
+        masks = ep.prune(model(), constant_importance(0.0), 0.5, on_zero_scores="warn", on_collapse="allow")
     assert masks.kept() == round(0.5 * masks.total())
     with pytest.raises(ep.PruningError, match="on_zero_scores"):
         ep.prune(model(), constant_importance(1.0), 0.5, on_zero_scores="ignore")
-    ep.prune(model(), constant_importance(1.0), 0.5)  # equal, non-zero scores are not degenerate
+    ep.prune(model(), constant_importance(1.0), 0.5, on_collapse="allow")  # equal, non-zero scores: not degenerate
 
 
 def test_a_loss_that_does_not_depend_on_the_weights_is_an_error():
@@ -75,7 +75,14 @@ def test_guard_refuses_a_cut_input_layer_allow_keeps_it_quietly_warn_warns():
         masks = ep.prune(collapsing_first_layer(), "magnitude", 0.95, on_collapse="allow")
     assert masks.info["collapsed"] == ["0.weight"]
     with pytest.warns(RuntimeWarning, match="layer collapse"):
-        assert ep.prune(collapsing_first_layer(), "magnitude", 0.95).info["collapsed"] == ["0.weight"]
+        masks = ep.prune(collapsing_first_layer(), "magnitude", 0.95, on_collapse="warn")
+    assert masks.info["collapsed"] == ["0.weight"]
+    net = collapsing_first_layer()
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    with pytest.raises(ep.LayerCollapseError, match="first prunable layer 0.weight"):
+        ep.prune(net, "magnitude", 0.95)  # the default is the guard
+    # nothing lost: the refused prune leaves the model's weights as they were
+    assert all(torch.equal(p, before[n]) for n, p in net.named_parameters())
 
 
 def test_guard_counts_layers_emptied_and_spares_a_lone_middle_layer():
@@ -114,10 +121,52 @@ def dead_model():
 def test_early_pruner_warns_on_zero_scores_instead_of_ending_the_run():
     net = dead_model()
     x, y = torch.randn(16, 8), torch.arange(16) % 4
-    pruner = ep.EarlyPruner(net, "snip", 0.5, (x, y), at_epoch=1)
+    pruner = ep.EarlyPruner(net, "snip", 0.5, (x, y), at_epoch=1, on_collapse="allow")  # dead: nothing to cut
     with pytest.warns(RuntimeWarning, match="scored every weight 0"):
         pruner.step()
     assert pruner.result.kept() == round(0.5 * pruner.result.total())
     with pytest.raises(ep.PruningError, match="scored every weight 0"):
         ep.prune(dead_model(), "snip", 0.5, data=(x, y))  # at init (no earlier cut): an error
     assert F.cross_entropy(dead_model()(x), y) > 0  # the loss is there, it just does not depend on the weights
+
+
+class Residual(nn.Module):
+    """x + b(relu(a(x))), then a head: emptying a or b removes a branch, not the path to the output."""
+
+    input_shape = (8,)
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(x + self.b(torch.relu(self.a(x))))
+
+
+def test_the_guard_runs_the_pruned_network_a_skip_path_is_not_a_cut():
+    """The guard's test is whether the output still depends on the input, not which layer emptied: in a
+    residual block the first layer may go (a warning), in a plain stack the same cut is an error, and an
+    emptied output layer cuts both."""
+    torch.manual_seed(0)
+    residual = Residual()
+    with torch.no_grad():
+        residual.a.weight.mul_(1e-3)  # magnitude empties the first layer
+    count = sum(p.numel() for n, p in residual.named_parameters() if n.endswith("weight"))
+    sparsity = 64 / count
+    with pytest.warns(RuntimeWarning, match="layer collapse"):
+        masks = ep.prune(residual, "magnitude", sparsity)  # the default guard lets it through
+    assert masks.info["collapsed"] == ["a.weight"]
+    x = torch.randn(4, 8)
+    assert not torch.allclose(residual(x), residual(x + 1.0))  # by hand: the output still follows the input
+
+    plain = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        plain[0].weight.mul_(1e-3)
+    with pytest.raises(ep.LayerCollapseError, match="no longer depends on its input"):
+        ep.prune(plain, "magnitude", sparsity, data=(x, torch.arange(4) % 3))
+
+    head_cut = Residual()
+    with torch.no_grad():
+        head_cut.head.weight.mul_(1e-4)
+    with pytest.raises(ep.LayerCollapseError, match="no longer depends on its input"):
+        ep.prune(head_cut, "magnitude", 24 / count)

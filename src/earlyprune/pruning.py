@@ -18,8 +18,9 @@ from . import presets
 from .ablations import check_ablation, inverted, reinitialise_kept, shuffled
 from .criteria import Criterion, compute_importance, registered, resolve
 from .criteria.synflow_rounds import runs_in_place, synflow_rounds
+from .connectivity import network_cut
 from .distributed import unwrap
-from .errors import PruningError
+from .errors import LayerCollapseError, PruningError
 from .loss import LossFn
 from .masking import applied_masks
 from .masks import Masks
@@ -100,7 +101,7 @@ def prune(
     rule: str = "topk",
     exclude: Iterable[str | type[nn.Module]] = (),
     include: Iterable[str | type[nn.Module]] = (),
-    on_collapse: str = "warn",
+    on_collapse: str = "guard",
     min_per_layer: int = 1,
     on_zero_scores: str = "raise",
     loss_fn: LossFn | None = None,
@@ -139,9 +140,11 @@ def prune(
             ``weight``), module names or exact parameter names (``"pos_embed"``); ``exclude`` wins. See
             :func:`earlyprune.prunable.prunable_parameters`.
         on_collapse: what to do with a layer pruned to nothing (see :mod:`earlyprune.selection`):
-            ``"warn"`` (keep the masks, name the layers in ``info["collapsed"]``, warn), ``"guard"`` (an
-            error when the first or last layer or more than half of the layers are emptied), ``"raise"``
-            (an error for any), ``"keep_min"``, or ``"allow"`` (keep and name them, without a warning).
+            ``"guard"`` (the default: an error when the collapse cuts the network, i.e. the first or last
+            layer or more than half of the layers are emptied; any other empty layer is named in
+            ``info["collapsed"]`` with a warning), ``"warn"`` (keep the masks whatever was emptied, name
+            the layers, warn), ``"raise"`` (an error for any), ``"keep_min"``, or ``"allow"`` (keep and
+            name them, without a warning: to reproduce a baseline that collapses).
         min_per_layer: weights each layer keeps with ``on_collapse="keep_min"``.
         on_zero_scores: importance 0 for every unpruned weight (the loss does not depend on them) is an
             error (``"raise"``), or with ``"warn"`` a warning and a selection by position
@@ -203,13 +206,18 @@ def prune(
     if ablation == "shuffle" and current:
         raise PruningError("ablation='shuffle' permutes the masks of a network pruned from dense (Frankle et al. "
                            "prune at initialisation); this model already has masks: prune a fresh model")
-    original = {n: p.detach().clone() for n, p in params.items()} if ablation == "shuffle" else {}
+    # the weights before pruning: the shuffle ablation re-masks them; the guard puts them back if it refuses
+    keep_original = ablation == "shuffle" or on_collapse == "guard"
+    original = {n: p.detach().clone() for n, p in params.items()} if keep_original else {}
+    # the guard judges the final masks on the pruned network (connectivity.network_cut), not each round's
+    # emptied layers by their position
+    round_policy = "warn" if on_collapse == "guard" else on_collapse
     started = time.perf_counter()
     collapsed: list[str] = []
     in_place = len(targets) > 1 and runs_in_place(criterion, train, ablation)
     if in_place:  # SynFlow's rounds: the network linearised once, not once per round (same masks)
         current, collapsed = synflow_rounds(
-            model, params, targets, current, batches=batches, scope=scope, rule=rule, on_collapse=on_collapse,
+            model, params, targets, current, batches=batches, scope=scope, rule=rule, on_collapse=round_policy,
             min_per_layer=min_per_layer, on_zero_scores=on_zero_scores, seed=seed,
             description=f"{criterion.name} rounds", **options)
         with torch.no_grad():
@@ -222,7 +230,7 @@ def prune(
         )
         if ablation == "invert":
             importance = inverted(importance)
-        flat, collapsed = select(importance, target, scope, current, rule, on_collapse, min_per_layer,
+        flat, collapsed = select(importance, target, scope, current, rule, round_policy, min_per_layer,
                                  on_zero_scores=on_zero_scores)
         current = reshape_like(flat, params)
         with torch.no_grad():
@@ -237,6 +245,13 @@ def prune(
         init_scheme = reinitialise_kept(model, params, current, init_scheme, seed)
     elapsed = time.perf_counter() - started
 
+    if collapsed and on_collapse == "guard":
+        cut = network_cut(model, list(params), collapsed, batches[0][0] if batches else None)
+        if cut:
+            with torch.no_grad():  # nothing lost: the model gets its unpruned weights back
+                for name, param in params.items():
+                    param.copy_(original[name])
+            raise LayerCollapseError(f"{cut}. " + collapse_message(collapsed, guard=True))
     if collapsed and on_collapse != "allow":
         warnings.warn(collapse_message(collapsed), RuntimeWarning, stacklevel=2)
     total = sum(m.numel() for m in current.values())

@@ -28,11 +28,11 @@ cross-entropy on a model with one output, which is identically 0), unless a laye
 nothing, which cuts the network and zeroes every score behind the cut (the collapse policy decided on
 that). What a layer pruned to nothing leads to is the ``on_collapse`` policy:
 
-* ``"warn"`` (the default of :func:`earlyprune.prune`): the masks are kept, the layers named in
-  ``masks.info["collapsed"]`` and a ``RuntimeWarning``;
-* ``"guard"``: an error (:class:`LayerCollapseError`) when the collapse cuts off the first or the last
-  prunable layer (in the model's registration order: normally the input and the output layer) or empties
-  more than half of the layers; any other collapse as ``"warn"``;
+* ``"guard"`` (the default of :func:`earlyprune.prune` and ``earlyprune run``): an error
+  (:class:`LayerCollapseError`) when the collapse cuts the network: the first or the last prunable layer
+  emptied (in the model's registration order: normally the input and the output layer), or more than half
+  of the layers; any other collapse as ``"warn"``;
+* ``"warn"``: the masks are kept, the layers named in ``masks.info["collapsed"]`` and a ``RuntimeWarning``;
 * ``"raise"``: an error for any collapse;
 * ``"keep_min"``: every layer keeps its ``min_per_layer`` most important weights (the total stays exact);
 * ``"allow"``: the masks are kept and the layers named, without a warning (to reproduce a published
@@ -186,8 +186,8 @@ def check_not_all_zero(scores: Mapping[str, torch.Tensor], warn: bool = False) -
 
 def collapse_message(collapsed: Sequence[str], guard: bool = False) -> str:
     """What to tell the user about layers pruned to nothing, and what to do about it."""
-    keep = ("; on_collapse='warn' or 'allow' keeps such masks (e.g. to reproduce a published baseline's "
-            "collapse)") if guard else ""
+    keep = ("; on_collapse='warn' or 'allow' (earlyprune run: --on-collapse warn) keeps such masks (e.g. to "
+            "reproduce a published baseline's collapse)") if guard else ""
     return (
         f"layer collapse: {len(collapsed)} layer(s) pruned to nothing, which cuts the network: "
         f"{', '.join(collapsed)}. Pass on_collapse='keep_min' to keep a minimum per layer, "

@@ -145,7 +145,7 @@ def _run_experiment(config: RunConfig, data_dir: str | None, cache_dir: str | No
                 model, pruning.method, pruning.sparsity, data=scoring_data, scope=pruning.scope,
                 iterations=pruning.iterations, rule=pruning.rule, seed=config.seed,
                 num_batches=pruning.score_batches, task=task, train=train_mode, preset=pruning.preset,
-                **_ablation_settings(config), **pruning.options,
+                on_collapse=pruning.on_collapse, **_ablation_settings(config), **pruning.options,
             )
         scoring_seconds = time.perf_counter() - start
         if not pruning.structured:

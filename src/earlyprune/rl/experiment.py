@@ -108,7 +108,7 @@ def run_rl_experiment(config: Any, threads: int | None = None, device: str | Non
         else:
             masks = prune(model, pruning.method, pruning.sparsity, data=batches, scope=pruning.scope,
                           iterations=pruning.iterations, rule=pruning.rule, seed=config.seed, task=agent.loss,
-                          optimizer=optimizer, **pruning.options)
+                          optimizer=optimizer, on_collapse=pruning.on_collapse, **pruning.options)
             record["collapsed"] = masks.info["collapsed"]
             record["schedule"] = masks.info["schedule"]
         scoring_seconds = time.perf_counter() - start
