@@ -6,6 +6,7 @@ import gzip
 import io
 import os
 import pickle
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -193,3 +194,56 @@ def test_images_have_the_standard_nchw_strides_even_with_one_channel():
     train, _ = load_dataset("mnist-sample")
     n, c, h, w = train.images.shape
     assert c == 1 and train.images.stride() == (c * h * w, h * w, w, 1)
+
+
+def _tiny_tree_archive(tmp_path: Path) -> Path:
+    from PIL import Image
+
+    for split in ("train", "test"):
+        d = tmp_path / "src" / "tree" / split / "cat"
+        d.mkdir(parents=True)
+        Image.fromarray(np.full((4, 4, 3), 7, dtype=np.uint8)).save(d / "0.png")
+    archive = tmp_path / "tree.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "tree", arcname="tree")
+    return archive
+
+
+def test_an_archive_is_published_whole_so_concurrent_readers_never_see_it_half_extracted(tmp_path, monkeypatch):
+    """Two sweep workers reading CIFAR-10's tarball for the first time once read each other's half-written
+    JPEGs (extracted in place). Now the tree appears under its final name only once complete; a process that
+    finds the other's tree already there uses it; a torn tree left by the old in-place extraction is replaced."""
+    from earlyprune.data import image_folder, registry
+
+    archive = _tiny_tree_archive(tmp_path)
+    target = tmp_path / "cache" / "extracted-x"
+    seen_during = []
+    real = image_folder.safe_extract
+
+    def watched(source, destination):
+        real(source, destination)
+        seen_during.append(target.exists())  # the final name must not exist while extracting
+
+    monkeypatch.setattr(registry, "safe_extract", watched)
+    registry.extract_once(archive, target)
+    assert seen_during == [False] and (target / "complete").exists()
+    assert (target / "tree" / "train" / "cat" / "0.png").stat().st_size > 0
+    assert [p.name for p in target.parent.iterdir()] == ["extracted-x"]  # no staging folder left behind
+
+    def another_process_wins(source, destination):  # someone else publishes first, while we extract
+        real(source, destination)
+        if not target.exists():
+            real(source, target)
+            (target / "complete").write_bytes(b"ok\n")
+
+    shutil.rmtree(target)
+    monkeypatch.setattr(registry, "safe_extract", another_process_wins)
+    registry.extract_once(archive, target)  # no error: the other's finished tree is used
+    assert (target / "complete").exists() and [p.name for p in target.parent.iterdir()] == ["extracted-x"]
+
+    shutil.rmtree(target)
+    (target / "tree").mkdir(parents=True)  # torn: no marker, a truncated image
+    (target / "tree" / "half.png").write_bytes(b"\x89PNG")
+    monkeypatch.setattr(registry, "safe_extract", real)
+    registry.extract_once(archive, target)
+    assert (target / "complete").exists() and not (target / "tree" / "half.png").exists()

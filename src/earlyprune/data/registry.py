@@ -15,6 +15,8 @@ no splits: :mod:`earlyprune.rl` trains an agent on it); the readers of the non-i
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -268,13 +270,36 @@ def _read_tarball(spec: DatasetSpec, archive: Path, cache: Path) -> tuple[dict, 
 
     target = cache / f"extracted-{source_key([archive])}"
     if not (target / "complete").exists():
-        safe_extract(archive, target)
-        atomic_write_bytes(target / "complete", b"ok\n")
+        extract_once(archive, target)
     candidates = [target / "train", *target.glob("*/train")]  # the tree's root is at most one level down
     tree = next((p for p in candidates if p.is_dir() and (p.parent / "test").is_dir()), None)
     if tree is None:
         raise DatasetNotFoundError(f"{archive}: holds no <root>/train and <root>/test folders")
     return _read_tree(spec, tree.parent, cache, [archive])
+
+
+def extract_once(archive: Path, target: Path) -> None:
+    """Extract ``archive`` to ``target`` so that no process ever sees a half-extracted tree, even when
+    several extract it at once (two sweep workers reading the same dataset for the first time).
+
+    The tree is extracted into a private staging folder beside ``target``, marked complete, then renamed
+    into place in one step. When another process got there first, its tree is used and this one's is
+    removed. A ``target`` left incomplete by an older version (extracted in place, then killed) is replaced.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=target.parent))
+    try:
+        safe_extract(archive, staging)
+        atomic_write_bytes(staging / "complete", b"ok\n")
+        if target.exists() and not (target / "complete").exists():
+            shutil.rmtree(target, ignore_errors=True)  # a torn tree of an older version: nobody reads it
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not (target / "complete").exists():  # not another process's finished tree: a real error
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _read_tree(spec: DatasetSpec, root: Path, cache: Path, sources: list[Path]) -> tuple[dict, list[str]]:
