@@ -131,3 +131,11 @@ def test_run_experiment_progress_false_silences_the_rounds_too(capsys, monkeypat
     assert "synflow rounds" not in capsys.readouterr().err
     run_experiment(config, device="cpu")  # earlyprune run: progress by terminal
     assert "synflow rounds: 100% (3/3)" in capsys.readouterr().err
+
+
+def test_a_run_names_itself_by_method_and_target_dense_without_one():
+    from earlyprune.experiments.config import RunConfig
+    from earlyprune.experiments.run import run_description
+
+    assert run_description(RunConfig(method="dense").pruning) == "dense"  # was "dense 0.9": no sparsity
+    assert run_description(RunConfig(method="snip", sparsity=0.98).pruning) == "snip 0.98"

@@ -166,7 +166,7 @@ def _run_experiment(config: RunConfig, data_dir: str | None, cache_dir: str | No
         ids = [target.index] if target.type == "cuda" else None
         trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     result = train(trained, train_loader, test_loader, recipe, on_epoch_end=on_epoch_end,
-                   description=f"{pruning.method} {pruning.budget or pruning.sparsity}", task=task,
+                   description=run_description(pruning), task=task,
                    on_epoch_record=None if board is None else board.epoch_hook(record))
     record.update(
         finished_fields(record, model, masks, dense, result, scoring_seconds, processes=world_size()),
@@ -274,6 +274,13 @@ def _counting_training_flops(callback, model, examples: int, record: dict[str, A
 
 def _is_during_training(config: RunConfig) -> bool:
     return config.pruning.method == "activation_density"
+
+
+def run_description(pruning: Any) -> str:
+    """How a run names itself in its progress lines: ``dense``, ``snip 0.9``, ``crop flops=0.25``."""
+    if pruning.method == DENSE:
+        return DENSE
+    return f"{pruning.method} {pruning.budget or pruning.sparsity}"
 
 
 def finished_fields(record: dict[str, Any], model: torch.nn.Module, masks: Masks | None, dense: Any, result: Any,
