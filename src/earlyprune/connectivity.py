@@ -26,6 +26,7 @@ from torch import nn
 from .batches import tree_map
 from .calling import predict
 from .model_state import isolated, model_device, model_dtype
+from .selection import cuts_the_network
 
 
 def network_cut(model: nn.Module, names: Sequence[str], collapsed: Sequence[str], inputs: Any = None) -> str:
@@ -34,18 +35,18 @@ def network_cut(model: nn.Module, names: Sequence[str], collapsed: Sequence[str]
     model's inputs (None: the model's own example inputs if it has them, else the layer order)."""
     if not collapsed:
         return ""
-    reasons = []
-    if 2 * len(collapsed) > len(names):
-        reasons.append(f"{len(collapsed)} of the {len(names)} layers are pruned to nothing")
     if inputs is None:
         inputs = _model_inputs(model)
     try:
         connected = None if inputs is None else output_depends_on_input(model, inputs)
     except Exception:  # inputs the model is not called on directly (e.g. RL transitions): the layer order
         connected = None
-    if connected is None:
-        reasons += _cut_by_position(names, collapsed)
-    elif not connected:
+    if connected is None:  # the layer-order rule: first or last layer emptied, or most layers
+        return cuts_the_network(names, collapsed)
+    reasons = []
+    if 2 * len(collapsed) > len(names):
+        reasons.append(f"{len(collapsed)} of the {len(names)} layers are pruned to nothing")
+    if not connected:
         reasons.append("the network's output no longer depends on its input (checked on two different inputs)")
     return "; ".join(reasons)
 
@@ -59,16 +60,6 @@ def _model_inputs(model: nn.Module) -> Any:
     if shape is None:
         return None
     return torch.randn(2, *shape, device=model_device(model), dtype=model_dtype(model))
-
-
-def _cut_by_position(names: Sequence[str], collapsed: Sequence[str]) -> list[str]:
-    """The fallback without inputs to run: the first or the last prunable layer emptied is a cut."""
-    reasons = []
-    if names and names[0] in collapsed:
-        reasons.append(f"the first prunable layer {names[0]} (the input layer) is pruned to nothing")
-    if len(names) > 1 and names[-1] in collapsed:
-        reasons.append(f"the last prunable layer {names[-1]} (the output layer) is pruned to nothing")
-    return reasons
 
 
 def output_depends_on_input(model: nn.Module, inputs: Any, seed: int = 0) -> bool:
