@@ -213,3 +213,18 @@ def test_accuracy_vs_energy_is_drawn_only_when_runs_measured_energy(tmp_path, fi
     energy_figure = next(fig for fig in figures[before:] if "energy" in fig.axes[0].get_xlabel())
     xs = sorted({float(x) for line in energy_figure.axes[0].lines for x in line.get_xdata()})
     assert xs == [30.0, 120.0]  # snip's one run; dense's mean over its two seeds
+
+
+def test_runs_with_other_options_or_resize_periods_are_other_rows_not_more_seeds():
+    """Three activation-density runs of one seed, compressed by different epochs, were merged into one row
+    counted as '3 seeds'; each is its own row now, and the seeds of one setting still pool."""
+    runs = [record("dense", 0.0, 0, accuracy=0.6)]
+    for every, last in ((1, 2), (2, 4)):
+        for seed in (0, 1):
+            r = record("activation_density", 0.9, seed, accuracy=0.4 + 0.05 * every + 0.01 * seed)
+            runs.append({**r, "key": f"ad-{every}-{seed}", "prune_every": every, "options": {"last_epoch": last}})
+    summary = report.summarise(runs)
+    (rows,) = summary.values()
+    assert set(rows) == {"dense", "activation_density [last_epoch=2]", "activation_density every 2 [last_epoch=4]"}
+    cell = rows["activation_density every 2 [last_epoch=4]"][None]
+    assert cell["seeds"] == 2 and cell["accuracy"][0] == pytest.approx(100 * (0.5 + 0.005))

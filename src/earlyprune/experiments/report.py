@@ -83,6 +83,10 @@ def _variant(record: dict[str, Any]) -> str:
         name += f" [{record['ablation']}]"
     if record.get("budget"):
         name += f" [budget {record['budget']}]"
+    if record["method"] == "activation_density" and (record.get("prune_every") or 1) != 1:
+        name += f" every {record['prune_every']}"
+    if record.get("options"):  # runs of one method with other options are other rows, not more seeds
+        name += " [" + ", ".join(f"{k}={v}" for k, v in sorted(record["options"].items())) + "]"
     return name
 
 
