@@ -361,3 +361,13 @@ def test_meters_accumulate_on_the_device_and_agree_with_one_pass(task_name):
     if task_name == "language_modelling":
         nll = F.cross_entropy(outputs.reshape(-1, 7), targets.reshape(-1))
         assert got["perplexity"] == pytest.approx(math.exp(float(nll)), rel=1e-5)
+
+
+def test_meters_sum_in_float64_except_on_mps_which_has_none():
+    from earlyprune.tasks.base import sum_dtype
+
+    assert sum_dtype(torch.device("cpu")) == torch.float64
+    assert sum_dtype(torch.device("mps")) == torch.float32  # MPS refuses float64 tensors
+    meter = tasks.get("regression").meter()
+    meter.update(torch.randn(4, 1), torch.randn(4, 1))
+    assert meter.sse.dtype == torch.float64

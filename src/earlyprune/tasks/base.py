@@ -24,6 +24,12 @@ from ..errors import PruningError
 from ..model_state import model_device, model_dtype
 
 
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """The dtype the meters accumulate in on ``device``: float64, except on Apple's MPS, which has no
+    float64 (float32 there: sums of an epoch's losses lose a few digits, no more)."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
 class Meter:
     """A task's metrics accumulated over batches: :meth:`update` per batch, :meth:`result` at the end.
 

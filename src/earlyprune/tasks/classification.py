@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import PruningError
-from .base import Meter, Task, require_tensor, shape
+from .base import Meter, Task, require_tensor, shape, sum_dtype
 
 
 class Classification(Task):
@@ -82,7 +82,7 @@ class AccuracyMeter(Meter):
 
     def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         # sums stay tensors on the outputs' device (read once, in result(): no host synchronisation per batch)
-        self.loss_sum = self.loss_sum + F.cross_entropy(outputs, targets, reduction="sum").double()
+        self.loss_sum = self.loss_sum + F.cross_entropy(outputs, targets, reduction="sum").to(sum_dtype(outputs.device))
         labels = targets.argmax(1) if targets.is_floating_point() else targets
         self.correct = self.correct + (outputs.argmax(1) == labels).sum()
         self.count += labels.numel()

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import PruningError
-from .base import Meter, Task, require_tensor, shape
+from .base import Meter, Task, require_tensor, shape, sum_dtype
 
 IGNORE_INDEX = -100
 
@@ -84,7 +84,7 @@ class PerplexityMeter(Meter):
         logits, flat = outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1)
         counted = flat != self.ignore_index
         nll = F.cross_entropy(logits, flat, ignore_index=self.ignore_index, reduction="sum")
-        self.nll = self.nll + nll.double()
+        self.nll = self.nll + nll.to(sum_dtype(outputs.device))
         self.correct = self.correct + ((logits.argmax(-1) == flat) & counted).sum()
         self.counted = self.counted + counted.sum()
 

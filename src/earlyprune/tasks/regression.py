@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import PruningError
-from .base import Meter, Task, require_tensor, shape
+from .base import Meter, Task, require_tensor, shape, sum_dtype
 
 
 class Regression(Task):
@@ -64,10 +64,10 @@ class RegressionMeter(Meter):
     squared deviations (Chan et al.'s pairwise update, so R² loses no precision to large means)."""
 
     def __init__(self) -> None:
-        self.sse: torch.Tensor | float = 0.0  # a float64 tensor on the outputs' device once updated
+        self.sse: torch.Tensor | float = 0.0  # a tensor on the outputs' device once updated (float64 but on MPS)
         self.count = 0
         self.rows = 0
-        self.mean: torch.Tensor | None = None  # per column, float64
+        self.mean: torch.Tensor | None = None  # per column
         self.m2: torch.Tensor | None = None
         self.column_sse: torch.Tensor | None = None
 
@@ -76,11 +76,12 @@ class RegressionMeter(Meter):
         if aligned is None:
             raise PruningError(f"regression targets of shape {shape(targets)} do not match outputs {shape(outputs)}")
         targets = aligned
-        # everything stays on the outputs' device, in float64 (read once, in result(): no host
-        # synchronisation per batch)
-        y = targets.detach().to(device=outputs.device, dtype=torch.float64)
+        # everything stays on the outputs' device, in float64 where it has it (read once, in result(): no
+        # host synchronisation per batch)
+        dtype = sum_dtype(outputs.device)
+        y = targets.detach().to(device=outputs.device, dtype=dtype)
         y = y.reshape(targets.shape[0] if targets.dim() else 1, -1)
-        f = outputs.detach().double().reshape(y.shape)
+        f = outputs.detach().to(dtype).reshape(y.shape)
         err = ((f - y) ** 2).sum(0)
         n = y.shape[0]
         mean, m2 = y.mean(0), ((y - y.mean(0)) ** 2).sum(0)
