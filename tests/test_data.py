@@ -212,7 +212,7 @@ def _tiny_tree_archive(tmp_path: Path) -> Path:
 def test_an_archive_is_published_whole_so_concurrent_readers_never_see_it_half_extracted(tmp_path, monkeypatch):
     """Two sweep workers reading CIFAR-10's tarball for the first time once read each other's half-written
     JPEGs (extracted in place). Now the tree appears under its final name only once complete; a process that
-    finds the other's tree already there uses it; a torn tree left by the old in-place extraction is replaced."""
+    finds the other's tree already there uses it; a killed process's staging folder is cleared once stale."""
     from earlyprune.data import image_folder, registry
 
     archive = _tiny_tree_archive(tmp_path)
@@ -241,9 +241,19 @@ def test_an_archive_is_published_whole_so_concurrent_readers_never_see_it_half_e
     registry.extract_once(archive, target)  # no error: the other's finished tree is used
     assert (target / "complete").exists() and [p.name for p in target.parent.iterdir()] == ["extracted-x"]
 
+    stale = target.parent / "extracted-x.partial-dead"  # a killed process's staging folder, two hours old
+    stale.mkdir()
+    os.utime(stale, (0, 0))
+    fresh = target.parent / "extracted-x.partial-live"  # another process's, still extracting
+    fresh.mkdir()
     shutil.rmtree(target)
-    (target / "tree").mkdir(parents=True)  # torn: no marker, a truncated image
-    (target / "tree" / "half.png").write_bytes(b"\x89PNG")
     monkeypatch.setattr(registry, "safe_extract", real)
     registry.extract_once(archive, target)
-    assert (target / "complete").exists() and not (target / "tree" / "half.png").exists()
+    assert (target / "complete").exists() and not stale.exists() and fresh.exists()
+    assert (target.stat().st_mode & 0o077) == (0o777 & ~_umask() & 0o077)  # readable as the umask allows
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -170,3 +170,50 @@ def test_the_guard_runs_the_pruned_network_a_skip_path_is_not_a_cut():
         head_cut.head.weight.mul_(1e-4)
     with pytest.raises(ep.LayerCollapseError, match="no longer depends on its input"):
         ep.prune(head_cut, "magnitude", 24 / count)
+
+
+def test_the_guard_is_not_fooled_by_a_dead_head_unchangeable_inputs_or_a_random_forward():
+    from earlyprune.connectivity import output_depends_on_input
+
+    torch.manual_seed(0)
+    # a zero-initialised head (torchvision's ViT): the dense output ignores the input too, so the check says
+    # nothing and the layer order decides: an emptied middle layer is kept with a warning
+    from earlyprune.connectivity import network_cut
+
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    with torch.no_grad():
+        net[4].weight.zero_()
+    x = torch.randn(6, 8)
+    dense = {n: p.detach().clone() for n, p in net.named_parameters() if n.endswith("weight")}
+    with torch.no_grad():
+        net[2].weight.zero_()  # the middle layer pruned to nothing
+    names = ["0.weight", "2.weight", "4.weight"]
+    assert "no longer depends" in network_cut(net, names, ["2.weight"], x)  # judged on the pruned net alone
+    assert network_cut(net, names, ["2.weight"], x, dense_params=dense) == ""  # dense was no better: layer order
+    # inputs with nothing to change (all-False booleans): the test cannot tell
+    assert output_depends_on_input(nn.Linear(8, 2), torch.zeros(4, 8, dtype=torch.bool)) is None
+
+    class NoisyForward(nn.Module):  # draws random numbers even in eval mode (MC dropout)
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.b(torch.nn.functional.dropout(self.a(x), 0.5, training=True))
+
+    noisy = NoisyForward()
+    with torch.no_grad():
+        noisy.a.weight.zero_()
+        noisy.a.bias.zero_()  # the first layer passes nothing: only the dropout noise differs between calls
+    assert output_depends_on_input(noisy, x) is False
+
+
+def test_an_error_in_a_later_round_leaves_the_weights_as_they_were():
+    torch.manual_seed(0)
+    net = mlp((32, 16, 4))
+    with torch.no_grad():
+        net[0].weight.mul_(1e-3)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    with pytest.raises(ep.LayerCollapseError):
+        ep.prune(net, "magnitude", 0.99, iterations=3, on_collapse="raise")  # the first rounds mask in place
+    assert all(torch.equal(p, before[n]) for n, p in net.named_parameters())

@@ -17,7 +17,7 @@ to the layer order: the first or the last prunable layer emptied counts as a cut
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -29,18 +29,22 @@ from .model_state import isolated, model_device, model_dtype
 from .selection import cuts_the_network
 
 
-def network_cut(model: nn.Module, names: Sequence[str], collapsed: Sequence[str], inputs: Any = None) -> str:
+def network_cut(model: nn.Module, names: Sequence[str], collapsed: Sequence[str], inputs: Any = None,
+                dense_params: Mapping[str, torch.Tensor] | None = None) -> str:
     """Why the collapse of the layers ``collapsed`` (among the prunable ``names``, in order) cuts the
     pruned ``model`` (its weights already masked); '' when it does not. ``inputs`` is one batch of the
-    model's inputs (None: the model's own example inputs if it has them, else the layer order)."""
+    model's inputs (None: the model's own example inputs if it has them, else the layer order).
+    ``dense_params`` (the scored weights before pruning, by name): when the output does not follow the
+    input after pruning, the unpruned network is checked too; if it did not either (a zero-initialised
+    classifier head), the check says nothing and the layer order decides."""
     if not collapsed:
         return ""
     if inputs is None:
         inputs = _model_inputs(model)
-    try:
-        connected = None if inputs is None else output_depends_on_input(model, inputs)
-    except Exception:  # inputs the model is not called on directly (e.g. RL transitions): the layer order
-        connected = None
+    connected = None if inputs is None else output_depends_on_input(model, inputs)
+    if connected is False and dense_params is not None:
+        if output_depends_on_input(model, inputs, params=dense_params) is not True:
+            connected = None  # the dense network's output did not follow its input either
     if connected is None:  # the layer-order rule: first or last layer emptied, or most layers
         return cuts_the_network(names, collapsed)
     reasons = []
@@ -62,26 +66,59 @@ def _model_inputs(model: nn.Module) -> Any:
     return torch.randn(2, *shape, device=model_device(model), dtype=model_dtype(model))
 
 
-def output_depends_on_input(model: nn.Module, inputs: Any, seed: int = 0) -> bool:
-    """Whether ``model``'s prediction (eval mode, no gradients) changes when ``inputs`` change. The model
-    is left as it was (modes, RNG)."""
+#: Keys of keyword inputs that describe the input rather than carry it (left as they are: an inverted
+#: attention mask can turn a pooled output into NaN).
+_DESCRIPTIVE_KEYS = ("mask", "token_type", "position")
+
+
+def output_depends_on_input(model: nn.Module, inputs: Any, seed: int = 0,
+                            params: Mapping[str, torch.Tensor] | None = None) -> bool | None:
+    """Whether ``model``'s prediction (eval mode, no gradients, the RNG seeded alike for both calls)
+    changes when ``inputs`` change; None when the test cannot tell: nothing in the inputs could be
+    changed, the model cannot be called on them, or a prediction is not finite. ``params`` replace some of
+    the model's tensors for the calls (by name). The model is left as it was (modes, RNG)."""
     generator = torch.Generator().manual_seed(seed)
+    changed = []
 
     def perturbed(tensor: torch.Tensor) -> torch.Tensor:
-        if tensor.is_floating_point():
+        if tensor.is_floating_point() and tensor.numel():
             noise = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
+            changed.append(True)
             return tensor + noise.to(tensor.device) * (1.0 + tensor.detach().abs().mean())
-        if tensor.dtype == torch.bool or not tensor.numel():
+        if tensor.dtype == torch.bool or tensor.is_floating_point() or not tensor.numel():
             return tensor
         high = int(tensor.max()) + 1  # other ids of the range seen (token ids, class indices, ...)
         if high < 2:
             return tensor
         other = torch.randint(0, high, tensor.shape, generator=generator).to(tensor.device, tensor.dtype)
+        changed.append(True)
         return torch.where(other == tensor, (other + 1) % high, other)
 
-    with isolated(model, train=False), torch.no_grad():
-        first = predict(model, inputs)
-        second = predict(model, tree_map(perturbed, inputs))
+    def perturb(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: v if any(part in str(k) for part in _DESCRIPTIVE_KEYS) else perturb(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(perturb(v) for v in value)
+        return tree_map(perturbed, value)
+
+    other_inputs = perturb(inputs)
+    if not changed:
+        return None
+    tensors = None
+    if params is not None:
+        tensors = {**dict(model.named_parameters()), **dict(model.named_buffers()), **params}
+    try:
+        with isolated(model, train=False), torch.no_grad():
+            torch.manual_seed(seed)  # a forward that draws random numbers draws the same ones in both calls
+            first = predict(model, inputs, tensors)
+            torch.manual_seed(seed)
+            second = predict(model, other_inputs, tensors)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception:  # inputs the model is not called on directly (e.g. RL transitions)
+        return None
     if first.shape != second.shape:
         return True
+    if not (bool(torch.isfinite(first).all()) and bool(torch.isfinite(second).all())):
+        return None
     return not torch.allclose(first.float(), second.float(), rtol=1e-6, atol=1e-7)

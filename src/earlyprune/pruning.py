@@ -206,52 +206,57 @@ def prune(
     if ablation == "shuffle" and current:
         raise PruningError("ablation='shuffle' permutes the masks of a network pruned from dense (Frankle et al. "
                            "prune at initialisation); this model already has masks: prune a fresh model")
-    # the weights before pruning: the shuffle ablation re-masks them; the guard puts them back if it refuses
-    keep_original = ablation == "shuffle" or on_collapse == "guard"
+    # the weights before pruning: the shuffle ablation re-masks them; the guard puts them back if it refuses,
+    # and so does an error in a later round (the earlier rounds have masked the weights in place)
+    keep_original = ablation == "shuffle" or on_collapse == "guard" or len(targets) > 1
     original = {n: p.detach().clone() for n, p in params.items()} if keep_original else {}
     # the guard judges the final masks on the pruned network (connectivity.network_cut), not each round's
     # emptied layers by their position
     round_policy = "warn" if on_collapse == "guard" else on_collapse
     started = time.perf_counter()
     collapsed: list[str] = []
-    in_place = len(targets) > 1 and runs_in_place(criterion, train, ablation)
-    if in_place:  # SynFlow's rounds: the network linearised once, not once per round (same masks)
-        current, collapsed = synflow_rounds(
-            model, params, targets, current, batches=batches, scope=scope, rule=rule, on_collapse=round_policy,
-            min_per_layer=min_per_layer, on_zero_scores=on_zero_scores, seed=seed,
-            description=f"{criterion.name} rounds", **options)
-        with torch.no_grad():
-            for name, param in params.items():
-                param.mul_(current[name])
-    for round_index, target in enumerate(rounds([] if in_place else targets, f"{criterion.name} rounds")):  # progress once slow
-        importance = compute_importance(
-            model, criterion, params, batches, masks=current, loss_fn=loss, seed=seed + round_index, train=train,
-            **options
-        )
-        if ablation == "invert":
-            importance = inverted(importance)
-        flat, collapsed = select(importance, target, scope, current, rule, round_policy, min_per_layer,
-                                 on_zero_scores=on_zero_scores)
-        current = reshape_like(flat, params)
-        with torch.no_grad():
-            for name, param in params.items():
-                param.mul_(current[name])
-    if ablation == "shuffle":
-        current = shuffled(current, seed)
-        with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(original[name] * current[name])
-    if ablation == "reinit":
-        init_scheme = reinitialise_kept(model, params, current, init_scheme, seed)
-    elapsed = time.perf_counter() - started
+    try:
+        in_place = len(targets) > 1 and runs_in_place(criterion, train, ablation)
+        if in_place:  # SynFlow's rounds: the network linearised once, not once per round (same masks)
+            current, collapsed = synflow_rounds(
+                model, params, targets, current, batches=batches, scope=scope, rule=rule, on_collapse=round_policy,
+                min_per_layer=min_per_layer, on_zero_scores=on_zero_scores, seed=seed,
+                description=f"{criterion.name} rounds", **options)
+            with torch.no_grad():
+                for name, param in params.items():
+                    param.mul_(current[name])
+        for round_index, target in enumerate(rounds([] if in_place else targets, f"{criterion.name} rounds")):  # progress once slow
+            importance = compute_importance(
+                model, criterion, params, batches, masks=current, loss_fn=loss, seed=seed + round_index, train=train,
+                **options
+            )
+            if ablation == "invert":
+                importance = inverted(importance)
+            flat, collapsed = select(importance, target, scope, current, rule, round_policy, min_per_layer,
+                                     on_zero_scores=on_zero_scores)
+            current = reshape_like(flat, params)
+            with torch.no_grad():
+                for name, param in params.items():
+                    param.mul_(current[name])
+        if ablation == "shuffle":
+            current = shuffled(current, seed)
+            with torch.no_grad():
+                for name, param in params.items():
+                    param.copy_(original[name] * current[name])
+        if ablation == "reinit":
+            init_scheme = reinitialise_kept(model, params, current, init_scheme, seed)
+        elapsed = time.perf_counter() - started
 
-    if collapsed and on_collapse == "guard":
-        cut = network_cut(model, list(params), collapsed, batches[0][0] if batches else None)
-        if cut:
-            with torch.no_grad():  # nothing lost: the model gets its unpruned weights back
+        if collapsed and on_collapse == "guard":
+            cut = network_cut(model, list(params), collapsed, batches[0][0] if batches else None, dense_params=original)
+            if cut:
+                raise LayerCollapseError(f"{cut}. " + collapse_message(collapsed, guard=True))
+    except BaseException:
+        if original:  # nothing lost: the model gets its unpruned weights back
+            with torch.no_grad():
                 for name, param in params.items():
                     param.copy_(original[name])
-            raise LayerCollapseError(f"{cut}. " + collapse_message(collapsed, guard=True))
+        raise
     if collapsed and on_collapse != "allow":
         warnings.warn(collapse_message(collapsed), RuntimeWarning, stacklevel=2)
     total = sum(m.numel() for m in current.values())

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -268,7 +269,9 @@ def _cifar_names(meta: Path, count: int) -> list[str]:
 def _read_tarball(spec: DatasetSpec, archive: Path, cache: Path) -> tuple[dict, list[str]]:
     from .cache import source_key
 
-    target = cache / f"extracted-{source_key([archive])}"
+    # "v2": trees published whole (extract_once); a torn tree of the old in-place extraction, under the old
+    # name, is never read or touched
+    target = cache / f"extracted-v2-{source_key([archive])}"
     if not (target / "complete").exists():
         extract_once(archive, target)
     candidates = [target / "train", *target.glob("*/train")]  # the tree's root is at most one level down
@@ -283,16 +286,19 @@ def extract_once(archive: Path, target: Path) -> None:
     several extract it at once (two sweep workers reading the same dataset for the first time).
 
     The tree is extracted into a private staging folder beside ``target``, marked complete, then renamed
-    into place in one step. When another process got there first, its tree is used and this one's is
-    removed. A ``target`` left incomplete by an older version (extracted in place, then killed) is replaced.
+    into place in one step; when another process got there first, its tree is used and this one's removed.
+    Staging folders left by a killed process are removed once they are an hour old (a live extraction takes
+    minutes). The tree gets the permissions the umask gives (the staging folder is created private).
     """
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(target)
     staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=target.parent))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)
         safe_extract(archive, staging)
         atomic_write_bytes(staging / "complete", b"ok\n")
-        if target.exists() and not (target / "complete").exists():
-            shutil.rmtree(target, ignore_errors=True)  # a torn tree of an older version: nobody reads it
         try:
             os.rename(staging, target)
         except OSError:
@@ -300,6 +306,16 @@ def extract_once(archive: Path, target: Path) -> None:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_stale_staging(target: Path, older_than_s: float = 3600.0) -> None:
+    now = time.time()
+    for stale in target.parent.glob(f"{target.name}.partial-*"):
+        try:
+            if now - stale.stat().st_mtime > older_than_s:
+                shutil.rmtree(stale, ignore_errors=True)
+        except OSError:
+            pass  # removed by another process meanwhile
 
 
 def _read_tree(spec: DatasetSpec, root: Path, cache: Path, sources: list[Path]) -> tuple[dict, list[str]]:
