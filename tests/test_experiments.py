@@ -305,3 +305,15 @@ def test_a_model_alias_is_the_same_run_as_its_canonical_name():
     assert RunConfig(model="LeNet-5").model == "lenet5"
     assert RunConfig(model="lenet-5").key() == RunConfig(model="lenet5").key()
     assert RunConfig(model="resnet-20").key() != RunConfig(model="lenet5").key()
+
+
+def test_on_collapse_reaches_early_pruning_too():
+    """--on-collapse was passed to the prune at init only: an early prune kept the default guard whatever
+    the run said."""
+    from earlyprune.experiments.run import run_experiment
+
+    settings = dict(TINY, epochs=2, method="random", sparsity=0.999, when="epoch:1")
+    with pytest.raises(ep.LayerCollapseError):
+        run_experiment(RunConfig(**settings), progress=False)
+    record = run_experiment(RunConfig(**settings, on_collapse="allow"), progress=False)
+    assert record["collapsed"]  # kept, as asked, and named

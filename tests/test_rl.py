@@ -281,3 +281,13 @@ def test_an_rl_run_records_the_energy_from_the_hardware_counter(tmp_path, monkey
     monkeypatch.setattr(energy.EnergyMeter, "_read", read)
     record = tiny_run(method="dense", epochs=1)
     assert record["energy_source"] == "rapl" and record["energy_joules"] == 5.0
+
+
+def test_an_rl_prune_at_init_takes_every_pruning_setting_of_the_run():
+    """The RL runs pruned with a shorter list of settings than the supervised ones: --ablation and
+    --score-batches were silently ignored. They share one prune now."""
+    plain = tiny_run(method="snip", sparsity=0.9, epochs=1)
+    inverted = tiny_run(method="snip", sparsity=0.9, epochs=1, ablation="invert", on_collapse="allow")
+    more_batches = tiny_run(method="snip", sparsity=0.9, epochs=1, score_batches=3)
+    assert plain["layer_density"] != inverted["layer_density"]
+    assert plain["layer_density"] != more_batches["layer_density"]

@@ -88,7 +88,7 @@ def _unstructured_settings(pruning) -> dict:
     """Settings only unstructured pruning takes (the CLI refuses them with --structured)."""
     if pruning.structured:
         return {}
-    settings = {"scope": pruning.scope, "rule": pruning.rule}
+    settings = {"scope": pruning.scope, "rule": pruning.rule, "on_collapse": pruning.on_collapse}
     if pruning.iterations:
         settings.update(schedule="exponential", iterations=pruning.iterations)
     return settings

@@ -130,31 +130,8 @@ def _run_experiment(config: RunConfig, data_dir: str | None, cache_dir: str | No
     if pruning.method != DENSE and pruning.when == "init" and not _is_during_training(config):
         scoring_data = train_split.loader(data.batch_size, shuffle=True, augment=False, seed=config.seed + 1,
                                           **shard)
-        start = time.perf_counter()
-        train_mode = SCORE_MODES[pruning.score_mode]
-        if pruning.structured:
-            budget = pruning.channel_budget(data.batch_size)  # instead of the sparsity, when given
-            result = prune_channels(model, pruning.method, None if budget else pruning.sparsity,
-                                    data=scoring_data, budget=budget, seed=config.seed,
-                                    num_batches=pruning.score_batches, task=task, train=train_mode,
-                                    preset=pruning.preset, **pruning.options)
-            if budget:
-                record["budget_reached"] = result.info["budget"]
-        else:
-            result = prune(
-                model, pruning.method, pruning.sparsity, data=scoring_data, scope=pruning.scope,
-                iterations=pruning.iterations, rule=pruning.rule, seed=config.seed,
-                num_batches=pruning.score_batches, task=task, train=train_mode, preset=pruning.preset,
-                on_collapse=pruning.on_collapse, **_ablation_settings(config), **pruning.options,
-            )
-        scoring_seconds = time.perf_counter() - start
-        if not pruning.structured:
-            masks = result
-            record["collapsed"] = masks.info["collapsed"]
-            record["schedule"] = masks.info["schedule"]
-            record["layer_density"] = {name: 1.0 - s for name, s in masks.layer_sparsity().items()}
-        if board is not None:
-            board.initial_prune(pruning.method, model, dense.params, None if masks is None else masks.sparsity())
+        masks, scoring_seconds = prune_at_init(model, config, scoring_data, task, record, board=board,
+                                               dense_params=dense.params)
     elif pruning.method != DENSE:
         from .during_training import epoch_callback
 
@@ -274,6 +251,36 @@ def _counting_training_flops(callback, model, examples: int, record: dict[str, A
 
 def _is_during_training(config: RunConfig) -> bool:
     return config.pruning.method == "activation_density"
+
+
+def prune_at_init(model: torch.nn.Module, config: RunConfig, scoring_data: Any, task: Any, record: dict[str, Any],
+                  optimizer: torch.optim.Optimizer | None = None, board: TensorBoardLog | None = None,
+                  dense_params: int = 0) -> tuple[Masks | None, float]:
+    """Prune ``model`` at initialisation as ``config.pruning`` says, for every task (the supervised runs and
+    the RL agent's): channels removed (to a budget if one is set) or weights masked, with every setting of
+    the run (scoring batches and mode, preset, rule, collapse policy, ablation, the criterion's options).
+    Writes what the prune did into ``record``; returns ``(masks or None when structured, scoring seconds)``."""
+    pruning = config.pruning
+    common = dict(data=scoring_data, seed=config.seed, num_batches=pruning.score_batches, task=task,
+                  train=SCORE_MODES[pruning.score_mode], preset=pruning.preset, optimizer=optimizer,
+                  **pruning.options)
+    masks = None
+    start = time.perf_counter()
+    if pruning.structured:
+        budget = pruning.channel_budget(config.data.batch_size)  # instead of the sparsity, when given
+        result = prune_channels(model, pruning.method, None if budget else pruning.sparsity, budget=budget, **common)
+        if budget:
+            record["budget_reached"] = result.info["budget"]
+    else:
+        masks = prune(model, pruning.method, pruning.sparsity, scope=pruning.scope, iterations=pruning.iterations,
+                      rule=pruning.rule, on_collapse=pruning.on_collapse, **_ablation_settings(config), **common)
+        record["collapsed"] = masks.info["collapsed"]
+        record["schedule"] = masks.info["schedule"]
+        record["layer_density"] = {name: 1.0 - s for name, s in masks.layer_sparsity().items()}
+    seconds = time.perf_counter() - start
+    if board is not None:
+        board.initial_prune(pruning.method, model, dense_params, None if masks is None else masks.sparsity())
+    return masks, seconds
 
 
 def run_description(pruning: Any) -> str:

@@ -25,17 +25,14 @@ environment step to act; the evaluation episodes are not counted (as the supervi
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any
 
 import torch
 
 from .. import models
 from ..errors import PruningError
-from ..experiments.run import finished_fields
+from ..experiments.run import finished_fields, prune_at_init
 from ..metrics import report
-from ..pruning import prune
-from ..structured import prune_channels
 from ..train import make_optimizer, make_scheduler
 from .agent import DQNAgent, DQNConfig
 from .buffer import ReplayBuffer
@@ -97,24 +94,9 @@ def run_rl_experiment(config: Any, threads: int | None = None, device: str | Non
         pruner_step = _activation_density(config, agent, obs_dim, record)
     elif pruning.method != DENSE and pruning.when == "init":
         batches = random_policy_batches(data.dataset, pruning.score_batches, data.batch_size, config.seed + 1)
-        start = time.perf_counter()
-        if pruning.structured:
-            budget = pruning.channel_budget(data.batch_size)  # instead of the sparsity, when given
-            result = prune_channels(model, pruning.method, None if budget else pruning.sparsity, data=batches,
-                                    budget=budget, seed=config.seed, task=agent.loss, optimizer=optimizer,
-                                    **pruning.options)
-            if budget:
-                record["budget_reached"] = result.info["budget"]
-        else:
-            masks = prune(model, pruning.method, pruning.sparsity, data=batches, scope=pruning.scope,
-                          iterations=pruning.iterations, rule=pruning.rule, seed=config.seed, task=agent.loss,
-                          optimizer=optimizer, on_collapse=pruning.on_collapse, **pruning.options)
-            record["collapsed"] = masks.info["collapsed"]
-            record["schedule"] = masks.info["schedule"]
-        scoring_seconds = time.perf_counter() - start
+        masks, scoring_seconds = prune_at_init(model, config, batches, agent.loss, record, optimizer=optimizer,
+                                               board=board, dense_params=dense.params)
         agent.sync_target()
-        if board is not None:
-            board.initial_prune(pruning.method, model, dense.params, None if masks is None else masks.sparsity())
     elif pruning.method != DENSE:
         pruner_step = _early(config, agent, buffer, record)
 
@@ -144,7 +126,7 @@ def _early(config: Any, agent: DQNAgent, buffer: ReplayBuffer, record: dict[str,
     """EarlyCroP's pruner (or a fixed epoch) scoring on batches of the replay buffer; a per-epoch step
     that returns whether it pruned."""
     from ..early import EarlyPruner
-    from ..experiments.during_training import _unstructured_settings
+    from ..experiments.during_training import _score_mode, _unstructured_settings
 
     pruning = config.pruning
     scoring = ReplayScoringData(buffer, pruning.score_batches, config.data.batch_size, config.seed + 1)
@@ -153,7 +135,8 @@ def _early(config: Any, agent: DQNAgent, buffer: ReplayBuffer, record: dict[str,
         structured=pruning.structured, budget=pruning.channel_budget(config.data.batch_size),
         optimizer=agent.optimizer, at_epoch=pruning.prune_epoch,
         cap_epoch=None if pruning.prune_epoch else max(2, config.training.epochs // 2), seed=config.seed,
-        task=agent.loss, **_unstructured_settings(pruning), **pruning.options,
+        task=agent.loss, preset=pruning.preset, **_score_mode(pruning), **_unstructured_settings(pruning),
+        **pruning.options,
     )
     events: list[dict[str, Any]] = []
     record["prune_events"] = events
