@@ -105,6 +105,13 @@ def _fmt(flops: int | None) -> str:
     return str(flops)
 
 
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(parameters, non-zero parameters) of ``model``, each shared parameter once; no forward pass (what
+    :func:`report` totals, without its FLOPs)."""
+    unique = {id(p): p for p in model.parameters()}.values()
+    return sum(p.numel() for p in unique), sum(int(torch.count_nonzero(p.detach())) for p in unique)
+
+
 def report(
     model: nn.Module,
     example_inputs: Any = None,
@@ -135,9 +142,7 @@ def report(
             else:
                 effective = flops
         layers.append(LayerReport(name or "(model)", type(module).__name__, params, nonzero, flops, effective))
-    unique = {id(p): p for p in model.parameters()}.values()
-    total_params = sum(p.numel() for p in unique)
-    total_nonzero = sum(int(torch.count_nonzero(p)) for p in unique)
+    total_params, total_nonzero = parameter_counts(model)
     total_eff = None
     if per_module_flops is not None:
         counted = sum(layer.flops or 0 for layer in layers)

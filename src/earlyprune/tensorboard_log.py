@@ -64,12 +64,11 @@ def run_log_dir(root: str | os.PathLike[str], name: str) -> Path:
 
 
 def _counts(model: nn.Module) -> tuple[int, int]:
-    """(parameters, non-zero parameters) of ``model``, each shared parameter once."""
+    """(parameters, non-zero parameters) of ``model`` (unwrapped from DDP), each shared parameter once."""
     from .distributed import unwrap
-    import torch
+    from .metrics import parameter_counts
 
-    unique = {id(p): p for p in unwrap(model).parameters()}.values()
-    return sum(p.numel() for p in unique), sum(int(torch.count_nonzero(p.detach())) for p in unique)
+    return parameter_counts(unwrap(model))
 
 
 class TensorBoardLog:
