@@ -45,6 +45,7 @@ Choices where the paper is silent (documented and tested):
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import asdict, dataclass
 from collections.abc import Mapping
@@ -65,15 +66,8 @@ from .structured.groups import ChannelGroup, GroupPlan
 _OTHER_ACTIVATIONS = (nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.SELU, nn.PReLU, nn.Hardswish,
                       nn.Mish, nn.Softplus, nn.ReLU6, nn.Hardtanh, nn.CELU)
 
-#: The pruner's settings ``earlyprune run --method activation_density --option NAME=VALUE`` takes, with their
-#: defaults (``prune_every`` has its own flag, ``--prune-every``). ``last_epoch=None`` there is half the run's
-#: epochs (at least 1); ``last_epoch`` equal to the epochs lets resizing go on to the end.
-RUN_OPTIONS: dict[str, Any] = {"last_epoch": None, "stop_below": 0.05, "min_fraction": 0.05, "min_channels": 1,
-                               "count_every": 4}
-
-
-def check_settings(*, last_epoch: Any = None, stop_below: Any = 0.05, min_fraction: Any = 0.05,
-                   min_channels: Any = 1, count_every: Any = 4, prune_every: Any = 1) -> None:
+def check_settings(*, last_epoch: Any, stop_below: Any, min_fraction: Any, min_channels: Any, count_every: Any,
+                   prune_every: Any = 1) -> None:
     """Raise :class:`PruningError` for a setting of :class:`ActivationDensityPruner` out of its range."""
     def integer(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
@@ -329,6 +323,16 @@ class ActivationDensityPruner:
         original = self._original_sizes.get(group.producers[0], group.size)
         floor = max(self.min_channels, math.ceil(self.min_fraction * original))
         return min(group.size, max(floor, round(layer_density * group.size)))
+
+
+#: The pruner's settings ``earlyprune run --method activation_density --option NAME=VALUE`` takes, with their
+#: defaults (``prune_every`` has its own flag, ``--prune-every``). ``last_epoch=None`` there is half the run's
+#: epochs (at least 1); ``last_epoch`` equal to the epochs lets resizing go on to the end.
+RUN_OPTIONS: dict[str, Any] = {
+    name: parameter.default for name, parameter in inspect.signature(ActivationDensityPruner).parameters.items()
+    if name in ("last_epoch", "stop_below", "min_fraction", "min_channels", "count_every")
+}  # the pruner's own defaults
+
 
 
 def relu_groups(model: nn.Module, plan: GroupPlan, example_inputs: Any) -> dict[str, str]:

@@ -216,9 +216,10 @@ class PruningConfig:
                                  "memory_mb=M (a training-memory estimate at --batch-size) or channels=C (that "
                                  "fraction of channels at the least FLOPs); replaces --sparsity",
                                  check=_check_budget, none="prune --sparsity of the channels")
-    on_collapse: str = setting("guard", "a layer pruned to nothing: guard (an error when the input or output "
-                               "layer or most layers are emptied), raise (an error for any), warn, allow (to "
-                               "reproduce a baseline that collapses) or keep_min (each layer keeps a weight)",
+    on_collapse: str = setting("guard", "a layer pruned to nothing: guard (an error when the pruned network's "
+                               "output no longer depends on its input, or most layers are empty), raise (an "
+                               "error for any), warn, allow (to reproduce a baseline that collapses) or keep_min "
+                               "(each layer keeps a weight)",
                                choices=_collapse_policies)
     prune_every: int = setting(1, "activation_density: epochs between resizes", min=1)
     score_batches: int = setting(1, "batches of the training set the criterion scores on (SNIP's paper: one)",
