@@ -148,8 +148,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if rank() != 0:
         return 0  # under torchrun only rank 0 writes results
     written, failed = keep_record(record, out, args.store)
-    keys = ["method", "sparsity", *(["budget"] if config.pruning.budget else []), "achieved_sparsity", "task", "final_accuracy", "best_accuracy", "metric_name",
-            "final_metric", "best_metric", "nonzero_params", "effective_flops", "scoring_seconds", "train_seconds"]
+    keys = ["method", "sparsity", *(["budget"] if config.pruning.budget else []), "achieved_sparsity", "task",
+            "final_accuracy", "best_accuracy", "metric_name", "final_metric", "best_metric", "nonzero_params",
+            "effective_flops", "scoring_seconds", "train_seconds"]
     print(json.dumps({k: record.get(k) for k in keys}, indent=1))
     if not failed:
         print(f"record appended to {out}")
