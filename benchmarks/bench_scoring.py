@@ -5,7 +5,8 @@ median over the repeats. Besides the library's routes it times the plain routes 
 same model and batch: ``grasp (two-pass)`` / ``crop (two-pass)`` recompute the gradient's graph for the
 Hessian-gradient product (the official GraSP code's construction), ``synflow x100 (per-round calls)``
 is one scoring call and one selection per round; ``100 bare fwd+bwd of one example`` is the floor of
-SynFlow's 100 rounds (their passes without scoring or selection). Scoring memory: peak resident memory growth of one
+SynFlow's 100 rounds (their passes without scoring or selection), on the process's threads and on the
+one thread the in-place rounds use on a CPU. Scoring memory: peak resident memory growth of one
 call of each method, measured in a fresh subprocess per method (``--memory``).
 
 Usage: python benchmarks/bench_scoring.py [--threads 2] [--models lenet5 resnet20] [--repeats 5] [--memory]
@@ -62,8 +63,11 @@ def synflow_per_round_calls(model, sparsity: float = 0.98, iterations: int = 100
     return current
 
 
-def variants(name: str, x, y) -> dict:
+def variants(name: str, x, y, calls: int) -> dict:
+    """The timed calls; each of ``calls`` calls of the SynFlow prunes gets a fresh model built beforehand
+    (building one is not SynFlow's cost: 22 ms for LeNet-5 here, about 0.7 units)."""
     model = models.create(name)
+    fresh = {label: [models.create(name) for _ in range(calls)] for label in ("prune", "per-round")}
 
     def fwd_bwd():
         model.zero_grad(set_to_none=True)
@@ -74,8 +78,8 @@ def variants(name: str, x, y) -> dict:
         fns[method] = (lambda m=method: ep.score(model, m, (x, y)))
     fns["grasp (two-pass)"] = lambda: two_pass(model, x, y, 200.0, absolute=False)
     fns["crop (two-pass)"] = lambda: two_pass(model, x, y, 1.0, absolute=True)
-    fns["synflow x100 (prune)"] = lambda: ep.prune(models.create(name), "synflow", 0.98, on_collapse="allow")
-    fns["synflow x100 (per-round calls)"] = lambda: synflow_per_round_calls(models.create(name))
+    fns["synflow x100 (prune)"] = lambda: ep.prune(fresh["prune"].pop(), "synflow", 0.98, on_collapse="allow")
+    fns["synflow x100 (per-round calls)"] = lambda: synflow_per_round_calls(fresh["per-round"].pop())
     ones = torch.ones(1, *x.shape[1:])
 
     def bare_rounds():  # the floor of any 100-round SynFlow: its forward and backward passes alone
@@ -86,13 +90,23 @@ def variants(name: str, x, y) -> dict:
         model.train()
 
     fns["100 bare fwd+bwd of one example"] = bare_rounds
+
+    def bare_rounds_one_thread():  # as the in-place rounds run them on a CPU
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            bare_rounds()
+        finally:
+            torch.set_num_threads(threads)
+
+    fns["the same, on one thread"] = bare_rounds_one_thread
     return fns
 
 
 def bench(name: str, repeats: int) -> dict[str, float]:
     torch.manual_seed(0)
     x, y = torch.randn(BATCH[name], *models.input_shape(name)), torch.arange(BATCH[name]) % 10
-    fns = variants(name, x, y)
+    fns = variants(name, x, y, calls=repeats + 1)
     for fn in fns.values():
         fn()  # warm-up
     samples: dict[str, list[float]] = {k: [] for k in fns}

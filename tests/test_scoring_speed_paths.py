@@ -15,7 +15,7 @@ from earlyprune.criteria._autograd import (
     loss_gradient,
 )
 from earlyprune.loss import batch_loss, default_loss
-from earlyprune.selection import select, top_by_position
+from earlyprune.selection import kth_smallest, select, top_by_position
 from earlyprune.structured.gates import channel_gates
 from earlyprune.structured.groups import channel_groups
 
@@ -131,6 +131,42 @@ def test_top_by_position_is_the_stable_sort_selection_with_ties_and_minus_infini
         assert torch.equal(top_by_position(values, count), stable_sort_top(values, count)), count
 
 
+def large_values(kind: str, size: int, gen: torch.Generator) -> torch.Tensor:
+    """Inputs large enough for kth_smallest's sampled route, of the shapes selection meets."""
+    if kind == "ties":
+        return torch.randint(0, 5, (size,), generator=gen).double()
+    if kind == "sorted":
+        return torch.sort(torch.rand(size, generator=gen)).values
+    if kind == "heavy tail":  # SynFlow's scores span many orders of magnitude
+        return torch.rand(size, generator=gen) ** 20
+    if kind == "mostly zero":  # pruned weights score 0
+        return torch.where(torch.rand(size, generator=gen) < 0.9, 0.0, torch.rand(size, generator=gen))
+    values = torch.randn(size, generator=gen, dtype=torch.float64)  # select()'s pruned entries are -inf
+    values[torch.rand(size, generator=gen) < (0.9 if kind == "mostly minus infinity" else 0.3)] = -math.inf
+    return values
+
+
+@pytest.mark.parametrize("kind", ["ties", "sorted", "heavy tail", "mostly zero", "minus infinity",
+                                  "mostly minus infinity"])
+def test_kth_smallest_is_kthvalue_exactly(kind):
+    gen = torch.Generator().manual_seed(len(kind))
+    for size in [60_000, 200_001]:
+        values = large_values(kind, size, gen)
+        for k in [1, 2, size // 3, size // 2, size - 1, size, int(torch.randint(1, size + 1, (1,), generator=gen))]:
+            expected = torch.kthvalue(values, k).values
+            found = kth_smallest(values, k)
+            assert found.dtype == values.dtype and torch.equal(found, expected), (size, k)
+
+
+def test_kth_smallest_searches_everything_where_the_sample_misleads():
+    size = 100_000
+    values = torch.rand(size, generator=torch.Generator().manual_seed(0))
+    stride = size // 4_096  # the evenly spaced sample sees only the value 0.5: the bracket [0.5, 0.5]
+    values[::stride] = 0.5
+    for k in [10, size // 2, size - 10]:
+        assert torch.equal(kth_smallest(values, k), torch.kthvalue(values, k).values), k
+
+
 def plain_synflow_rounds(model, sparsity, iterations, **settings):
     """The plain route: one compute_importance call and one select per round."""
     from earlyprune.criteria import compute_importance
@@ -219,3 +255,25 @@ def test_synflow_rounds_break_ties_by_position_like_the_plain_route():
     plain = plain_synflow_rounds(plain_model, 0.9, 6, on_collapse="allow")
     for name in plain:
         assert torch.equal(masks[name].bool(), plain[name].bool()), name
+
+
+def test_synflow_rounds_on_a_lenet5_give_the_plain_routes_masks_with_the_callers_threads():
+    """Large enough for the sampled selection and NumPy compaction; the rounds run on one intra-op
+    thread, the plain route on the caller's two, and the masks are still the same."""
+    from earlyprune import models
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        fast_model = models.create("lenet5")
+        plain_model = models.create("lenet5")
+        plain_model.load_state_dict(fast_model.state_dict())
+        masks = ep.prune(fast_model, "synflow", 0.98, iterations=15)
+        assert torch.get_num_threads() == 2  # put back after the rounds
+        plain = plain_synflow_rounds(plain_model, 0.98, 15)
+    finally:
+        torch.set_num_threads(threads)
+    for name in plain:
+        assert torch.equal(masks[name].bool(), plain[name].bool()), name
+    assert sum(int(m.sum()) for m in masks.values()) == round(0.02 * sum(m.numel() for m in masks.values()))

@@ -6,9 +6,13 @@ round also copies the model's state to restore it, re-takes the absolute value o
 buffer, and calls the model through ``torch.func.functional_call``; on a small network that overhead is
 most of the cost. :func:`synflow_rounds` does what the official code (ganguli-lab/Synaptic-Flow) does:
 it replaces the parameters and buffers by their absolute values once (the originals are kept and put
-back at the end, also on error), and each round runs the linearised model directly, zeroes the newly
-pruned entries of the linearised weights in place, and selects with the library's :func:`select` (the
-same rules, collapse policies and errors as every other round).
+back at the end, also on error), and each round runs the linearised model directly and zeroes the newly
+pruned entries of the linearised weights in place. The global top-k selection of each round works on
+the unpruned weights only (their flat positions are kept, so late rounds of a 98% prune select among 2%
+of the weights), with :func:`~earlyprune.selection.kth_smallest`; the other rules and every case
+where ``select`` must warn or raise go through :func:`select` itself (the same rules, collapse policies
+and errors as every other round). On a CPU the rounds run on one intra-op thread: their passes are of
+one example, too small for a second thread to pay for its synchronisation.
 
 The masks are exactly those of the plain route (one :func:`~earlyprune.criteria.compute_importance`
 call and one :func:`select` per round): the linearised weights are the same values (pruned entries
@@ -17,8 +21,8 @@ zero), the model is in eval mode in both, and eval mode keeps the buffers fixed.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -28,7 +32,7 @@ from ..calling import predict
 from ..errors import PruningError
 from ..model_state import isolated, model_device, model_dtype
 from ..progress import rounds
-from ..selection import check_sparsity, select, top_by_position
+from ..selection import check_sparsity, kth_smallest, select, top_by_position
 from .spec import Criterion
 from .synflow import _all_ones_input, synflow_importance
 
@@ -70,16 +74,19 @@ def synflow_rounds(
     masks = None if current is None else {n: current[n].to(params[n].device) for n in params if n in current}
     collapsed: list[str] = []
     generic = (scope, rule) != ("global", "topk") or on_collapse == "keep_min"
-    with isolated(model, train=False, seed=seed), _linearised(model, params, double) as (linear, flat_values):
+    with isolated(model, train=False, seed=seed), _linearised(model, params, double) as (linear, flat_values), \
+            _one_thread_on_cpu(device):
         names = list(linear)
         values = [linear[n] for n in names]
         sizes = [v.numel() for v in values]
-        alive = torch.ones(flat_values.numel(), dtype=torch.bool, device=flat_values.device)
+        ends = torch.tensor(sizes, device=flat_values.device).cumsum(0)
+        alive = torch.arange(flat_values.numel(), device=flat_values.device)  # flat positions still unpruned
         if masks:
-            alive = torch.cat([masks[n].to(device=alive.device, dtype=torch.bool).flatten() if n in masks
-                               else torch.ones(v.numel(), dtype=torch.bool, device=alive.device)
-                               for n, v in zip(names, values)])
-            flat_values.mul_(alive)
+            unpruned = torch.cat([masks[n].to(device=alive.device, dtype=torch.bool).flatten() if n in masks
+                                  else torch.ones(v.numel(), dtype=torch.bool, device=alive.device)
+                                  for n, v in zip(names, values)])
+            flat_values.mul_(unpruned)
+            alive = unpruned.nonzero().flatten()
         for index, target in enumerate(rounds(targets, description)):
             flow = predict(model, ones).sum()
             if not torch.isfinite(flow):
@@ -87,58 +94,103 @@ def synflow_rounds(
                     f"SynFlow's synaptic flow R overflowed to {flow.item()}; score with double=True (float64)"
                 )
             grads = torch.autograd.grad(flow, values, allow_unused=True)
-            grads = [torch.zeros_like(v) if g is None else g for v, g in zip(values, grads)]
-            scores = (torch.cat([g.flatten() for g in grads]) * flat_values).abs_()
-            keep = None if generic else _select_global_topk(scores, alive, target)
-            if keep is None:  # the general rules, or a case whose error or warning select() gives
-                importance = {n: part.view(v.shape) for n, v, part in zip(names, values, scores.split(sizes))}
-                current = {n: part.view(v.shape) for n, v, part in zip(names, values, alive.split(sizes))}
+            grad = torch.cat([torch.zeros(v.numel(), dtype=v.dtype, device=v.device) if g is None
+                              else g.flatten() for v, g in zip(values, grads)])
+            kept = None if generic else _select_global_topk(grad, flat_values, alive, target)
+            if kept is None:  # the general rules, or a case whose error or warning select() gives
+                importance, current = _full_tensors(grad, flat_values, alive, names, values, sizes)
                 flat, collapsed = select(importance, target, scope, current, rule, on_collapse, min_per_layer,
                                          on_zero_scores=on_zero_scores)
-                keep = torch.cat([flat[n].flatten().to(alive.device) for n in names])
-            elif on_collapse in ("raise", "guard") or index == len(targets) - 1:  # else only the last counts
-                counts = _counts(keep, sizes)
-                collapsed = [n for n, size, c in zip(names, sizes, counts) if size and c == 0]
-                if collapsed and on_collapse in ("raise", "guard"):  # select() raises (or warns) as it does
-                    importance = {n: part.view(v.shape) for n, v, part in zip(names, values, scores.split(sizes))}
-                    current = {n: part.view(v.shape) for n, v, part in zip(names, values, alive.split(sizes))}
-                    select(importance, target, scope, current, rule, on_collapse, min_per_layer,
-                           on_zero_scores=on_zero_scores)
-            alive = keep
+                kept = torch.cat([flat[n].flatten().to(alive.device) for n in names]).index_select(0, alive)
+                survivors = _compress(alive, kept)
+            else:
+                survivors = _compress(alive, kept)
+                if on_collapse in ("raise", "guard") or index == len(targets) - 1:  # else only the last counts
+                    counts = _counts(survivors, ends)
+                    collapsed = [n for n, size, c in zip(names, sizes, counts) if size and c == 0]
+                    if collapsed and on_collapse in ("raise", "guard"):  # select() raises (or warns) as it does
+                        importance, current = _full_tensors(grad, flat_values, alive, names, values, sizes)
+                        select(importance, target, scope, current, rule, on_collapse, min_per_layer,
+                               on_zero_scores=on_zero_scores)
             with torch.no_grad():
-                flat_values.mul_(alive)
-    masks = {n: part.view(params[n].shape).to(params[n].device) for n, part in zip(names, alive.split(sizes))}
+                flat_values.index_fill_(0, _compress(alive, ~kept), 0.0)
+            alive = survivors
+    keep = torch.zeros(flat_values.numel(), dtype=torch.bool, device=alive.device).index_fill_(0, alive, True)
+    masks = {n: part.view(params[n].shape).to(params[n].device) for n, part in zip(names, keep.split(sizes))}
     return masks, collapsed
 
 
-def _select_global_topk(scores: torch.Tensor, alive: torch.Tensor, sparsity: float) -> torch.Tensor | None:
-    """:func:`select`'s global top-k on one flat tensor: the same mask, or None where select() must
-    decide (a NaN or infinite score, no positive unpruned score).
+def _select_global_topk(
+    grad: torch.Tensor, values: torch.Tensor, alive: torch.Tensor, sparsity: float
+) -> torch.Tensor | None:
+    """:func:`select`'s global top-k, computed among the unpruned weights only: which of the flat
+    positions ``alive`` stay (a mask over them), or None where select() must decide (a NaN or infinite
+    score anywhere, no positive unpruned score).
 
-    The scores are >= 0 and exactly 0 for pruned weights (their linearised value is 0), so a finite
-    positive sum means every score is finite and some unpruned weight scores above 0.
+    Pruned weights score exactly 0 (their linearised value is 0) as long as their gradient is finite, so
+    they never reach the threshold; finding it among the unpruned weights alone (2% of them at the end of
+    a 98% prune) is what makes the late rounds cheap. Ties at the threshold go by position, as in select().
     """
+    if not bool(torch.isfinite(grad.sum())):  # select() names the layer with the NaN or infinite score
+        return None
+    scores = (grad.index_select(0, alive) * values.index_select(0, alive)).abs_()
     total_score = scores.sum()
     if not (bool(torch.isfinite(total_score)) and bool(total_score > 0)):
         return None
-    count = round((1.0 - check_sparsity(sparsity)) * scores.numel())
-    unpruned = scores[alive]  # the threshold is found among these only (2% of the weights at the end)
-    if count >= unpruned.numel():
-        return alive.clone()
+    count = round((1.0 - check_sparsity(sparsity)) * values.numel())
+    if count >= scores.numel():
+        return torch.ones_like(scores, dtype=torch.bool)
     if count > 0:
-        threshold = torch.kthvalue(unpruned, unpruned.numel() - count + 1).values
-        at_least = (scores >= threshold) & alive
-        if int(at_least.sum()) == count:  # no tie at the threshold (the common case)
+        at_least = scores >= kth_smallest(scores, scores.numel() - count + 1)
+        if int(torch.count_nonzero(at_least)) == count:  # no tie at the threshold (the common case)
             return at_least
-    return top_by_position(torch.where(alive, scores, -math.inf), count) & alive
+    return top_by_position(scores, count)
 
 
-def _counts(keep: torch.Tensor, sizes: Sequence[int]) -> list[int]:
-    """Number of kept entries in each consecutive part of ``keep`` of the given sizes."""
-    ends = torch.tensor(sizes, device=keep.device).cumsum(0)
-    cumulative = torch.cat([keep.new_zeros(1, dtype=torch.long), keep.long().cumsum(0)])
-    at_ends = cumulative[ends]
+def _full_tensors(
+    grad: torch.Tensor, values: torch.Tensor, alive: torch.Tensor, names: Sequence[str],
+    params: Sequence[torch.Tensor], sizes: Sequence[int],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The round's importance and current masks per parameter, as :func:`select` takes them."""
+    scores = (grad * values).abs_()
+    unpruned = torch.zeros(values.numel(), dtype=torch.bool, device=alive.device).index_fill_(0, alive, True)
+    importance = {n: part.view(p.shape) for n, p, part in zip(names, params, scores.split(sizes))}
+    current = {n: part.view(p.shape) for n, p, part in zip(names, params, unpruned.split(sizes))}
+    return importance, current
+
+
+def _counts(kept: torch.Tensor, ends: torch.Tensor) -> list[int]:
+    """Number of the sorted flat positions ``kept`` in each consecutive part ending before ``ends``."""
+    at_ends = torch.searchsorted(kept, ends)
     return (at_ends - torch.cat([at_ends.new_zeros(1), at_ends[:-1]])).tolist()
+
+
+def _compress(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``values[keep]`` for a 1-D tensor and boolean mask; on a CPU through NumPy, whose boolean indexing
+    was 10x faster than torch 2.13's on this machine (430k entries, 96% kept: 0.6 ms against 7.4 ms)."""
+    if values.device.type == "cpu":
+        return torch.from_numpy(values.numpy()[keep.numpy()])
+    return values[keep]
+
+
+@contextmanager
+def _one_thread_on_cpu(device: torch.device) -> Iterator[None]:
+    """One intra-op thread for the body on a CPU (restored after, also on error).
+
+    A round's passes are of one example: tiny operations, where a second thread costs more in
+    synchronisation than it computes (ResNet-20, one all-ones example, forward and backward: 8.7 ms on
+    one thread against 19 ms on two, on the 2-core development machine; BENCHMARKS.md). The scores are
+    the same (``tests/test_scoring_speed_paths.py`` compares them bitwise with the caller's thread count).
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class _linearised:
