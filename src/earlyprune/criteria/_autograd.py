@@ -9,6 +9,7 @@ from torch import nn
 
 from ..batches import Batch
 from ..loss import LossFn, batch_loss
+from ._batchnorm_second_order import fused_batchnorm_second_order
 
 
 def loss_gradient(
@@ -80,12 +81,28 @@ def gradient_and_hessian_gradient(
     instead of running the batch's forward and backward a second time as the two functions above do.
     For one scoring batch that saves a forward and a backward pass (about a quarter of GraSP's cost);
     the other batches are recomputed one at a time, so at most one batch's double-backward graph is
-    alive, as in the plain route. The values are the same to float rounding (the sum over the batches
-    is taken in another order); ``reuse_graph=False`` is the plain two-pass route (the official code's).
+    alive, as in the plain route. Training-mode BatchNorm layers take their second derivative from
+    :mod:`._batchnorm_second_order` (a few fused passes instead of PyTorch's chain of elementwise
+    operations). The values are the same to float rounding (the sum over the batches is taken in another
+    order); ``reuse_graph=False`` is the plain two-pass route (the official code's), on PyTorch's own
+    BatchNorm derivative.
     """
     if not reuse_graph or not batches:
         grads = loss_gradient(model, params, batches, loss_fn, temperature, masks=masks)
         return grads, hessian_gradient_product(model, params, batches, grads, loss_fn, temperature)
+    with fused_batchnorm_second_order():
+        return _reusing_the_last_graph(model, params, batches, loss_fn, temperature, masks)
+
+
+def _reusing_the_last_graph(
+    model: nn.Module,
+    params: Mapping[str, nn.Parameter],
+    batches: Sequence[Batch],
+    loss_fn: LossFn,
+    temperature: float,
+    masks: Mapping[str, torch.Tensor] | None,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """:func:`gradient_and_hessian_gradient` with ``reuse_graph``."""
     names = list(params)
     plist = [params[n] for n in names]
     total = {n: torch.zeros_like(p) for n, p in params.items()}

@@ -27,6 +27,7 @@ from ..loss import batch_loss
 from ..prunable import prunable_parameters
 from ..structured.gates import channel_gates
 from ._autograd import accumulate_gate_grads, gradient_and_hessian_gradient
+from ._batchnorm_second_order import fused_batchnorm_second_order
 from .official import Official, earlycrop_schedule
 from .spec import Criterion, Scoring
 
@@ -51,8 +52,9 @@ def crop_channel_importance(scoring: Scoring) -> dict[int, torch.Tensor]:
     flow_target = [torch.zeros_like(w) for w in weights]
     totals = {g.index: torch.zeros(g.size, dtype=torch.float64) for g in groups}
     # The gates are 1, so the gated model computes the same g; the last batch's gradient is taken once with
-    # its graph kept and differentiated again for ∂z/∂c (as gradient_and_hessian_gradient does).
-    with channel_gates(model, groups) as gates:
+    # its graph kept and differentiated again for ∂z/∂c (as gradient_and_hessian_gradient does, with the
+    # same cheap BatchNorm second derivative).
+    with channel_gates(model, groups) as gates, fused_batchnorm_second_order():
         gate_list = [gates[g.index] for g in groups]
         for index, batch in enumerate(batches):  # g, summed over the batches
             loss = batch_loss(model, batch, loss_fn)

@@ -11,16 +11,21 @@ momentum or weight decay, every trainable parameter takes part in the inner step
 inner steps and the meta-loss unless ``fresh_batches`` is set (then batch k serves step k and the next
 one the meta-loss, cycling through the given batches). Under the current masks the inner updates of
 pruned weights are masked too, so they stay zero. The model itself is never modified: the unrolled
-weights are passed with ``torch.func.functional_call``.
+weights are passed with ``torch.func.functional_call``. Training-mode BatchNorm layers take their second
+derivative from :mod:`._batchnorm_second_order` (the same values to float rounding, fewer passes).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
+from torch import nn
 
 from ..batches import Batch
 from ..errors import PruningError
-from ..loss import batch_loss
+from ..loss import LossFn, batch_loss
+from ._batchnorm_second_order import fused_batchnorm_second_order
 from .official import Official
 from .spec import Criterion, Scoring
 
@@ -42,6 +47,21 @@ def prospr_importance(
         raise PruningError(f"steps must be an integer >= 0 (number of inner SGD steps), got {steps!r}")
     if not inner_lr > 0:
         raise PruningError(f"inner_lr must be > 0, got {inner_lr!r}")
+    with fused_batchnorm_second_order():  # the meta-gradient differentiates each step's gradient again
+        return _meta_gradient(model, params, batches, loss_fn, masks, steps, inner_lr, fresh_batches)
+
+
+def _meta_gradient(
+    model: nn.Module,
+    params: Mapping[str, nn.Parameter],
+    batches: Sequence[Batch],
+    loss_fn: LossFn,
+    masks: Mapping[str, torch.Tensor] | None,
+    steps: int,
+    inner_lr: float,
+    fresh_batches: bool,
+) -> dict[str, torch.Tensor]:
+    """:func:`prospr_importance`'s value, its arguments checked."""
     scored_ids = {id(p): n for n, p in params.items()}
     gates = {n: torch.ones_like(p, requires_grad=True) for n, p in params.items()}
     buffers = {n: b.detach().clone() for n, b in model.named_buffers()}

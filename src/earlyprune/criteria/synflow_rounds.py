@@ -11,8 +11,8 @@ pruned entries of the linearised weights in place. The global top-k selection of
 the unpruned weights only (their flat positions are kept, so late rounds of a 98% prune select among 2%
 of the weights), with :func:`~earlyprune.selection.kth_smallest`; the other rules and every case
 where ``select`` must warn or raise go through :func:`select` itself (the same rules, collapse policies
-and errors as every other round). On a CPU the rounds run on one intra-op thread: their passes are of
-one example, too small for a second thread to pay for its synchronisation.
+and errors as every other round). On a CPU the passes of a small network run on one intra-op thread:
+they are of one example, too small for a second thread to pay for its synchronisation.
 
 The masks are exactly those of the plain route (one :func:`~earlyprune.criteria.compute_importance`
 call and one :func:`select` per round): the linearised weights are the same values (pruned entries
@@ -74,8 +74,7 @@ def synflow_rounds(
     masks = None if current is None else {n: current[n].to(params[n].device) for n in params if n in current}
     collapsed: list[str] = []
     generic = (scope, rule) != ("global", "topk") or on_collapse == "keep_min"
-    with isolated(model, train=False, seed=seed), _linearised(model, params, double) as (linear, flat_values), \
-            _one_thread_on_cpu(device):
+    with isolated(model, train=False, seed=seed), _linearised(model, params, double) as (linear, flat_values):
         names = list(linear)
         values = [linear[n] for n in names]
         sizes = [v.numel() for v in values]
@@ -88,12 +87,13 @@ def synflow_rounds(
             flat_values.mul_(unpruned)
             alive = unpruned.nonzero().flatten()
         for index, target in enumerate(rounds(targets, description)):
-            flow = predict(model, ones).sum()
-            if not torch.isfinite(flow):
-                raise PruningError(
-                    f"SynFlow's synaptic flow R overflowed to {flow.item()}; score with double=True (float64)"
-                )
-            grads = torch.autograd.grad(flow, values, allow_unused=True)
+            with _one_thread_on_cpu(device, flat_values.numel()):
+                flow = predict(model, ones).sum()
+                if not torch.isfinite(flow):
+                    raise PruningError(
+                        f"SynFlow's synaptic flow R overflowed to {flow.item()}; score with double=True (float64)"
+                    )
+                grads = torch.autograd.grad(flow, values, allow_unused=True)
             grad = torch.cat([torch.zeros(v.numel(), dtype=v.dtype, device=v.device) if g is None
                               else g.flatten() for v, g in zip(values, grads)])
             kept = None if generic else _select_global_topk(grad, flat_values, alive, target)
@@ -174,16 +174,19 @@ def _compress(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def _one_thread_on_cpu(device: torch.device) -> Iterator[None]:
-    """One intra-op thread for the body on a CPU (restored after, also on error).
+def _one_thread_on_cpu(device: torch.device, weights: int) -> Iterator[None]:
+    """One intra-op thread for a round's passes on a CPU, for networks of under a million scored weights
+    (the thread count is put back after, also on error).
 
-    A round's passes are of one example: tiny operations, where a second thread costs more in
-    synchronisation than it computes (ResNet-20, one all-ones example, forward and backward: 8.7 ms on
-    one thread against 19 ms on two, on the 2-core development machine; BENCHMARKS.md). The scores are
-    the same (``tests/test_scoring_speed_paths.py`` compares them bitwise with the caller's thread count).
+    The passes are of one example: on a small network they are many tiny operations, where a second
+    thread costs more in synchronisation than it computes, and on the 2-core development machine its
+    timing was erratic (ResNet-20, 100 rounds, interleaved: median 1.40 s on one thread against 2.14 s on
+    two, whose fastest was 1.28 s). On VGG-16 (15M weights) two threads were faster (15.0 s against
+    18.9 s), so larger networks keep the caller's threads. The scores are the same either way
+    (``tests/test_scoring_speed_paths.py`` compares the masks with the plain route at two threads).
     """
     threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
+    if device.type != "cpu" or threads == 1 or weights >= _ONE_THREAD_BELOW:
         yield
         return
     torch.set_num_threads(1)
@@ -191,6 +194,9 @@ def _one_thread_on_cpu(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+_ONE_THREAD_BELOW = 1_000_000  # scored weights
 
 
 class _linearised:
@@ -231,5 +237,3 @@ class _linearised:
             tensor.data = data
             if requires_grad is not None:
                 tensor.requires_grad_(requires_grad)
-
-
