@@ -129,3 +129,13 @@ def test_run_experiment_on_cuda(tmp_path):
     for key in ("dense_params", "nonzero_params", "dense_flops"):
         assert record[key] == on_cpu[key]
     assert record["final_accuracy"] > 0.15  # ten steps: above chance (0.10)
+
+
+def test_pinned_batches_are_copied_asynchronously_and_arrive_intact():
+    from earlyprune.batches import to_device
+
+    inputs, targets = torch.randn(64, 3, 8, 8).pin_memory(), torch.arange(64).pin_memory()
+    moved_inputs, moved_targets = to_device(inputs, CUDA, torch.float32), to_device(targets, CUDA)
+    torch.cuda.synchronize()
+    assert moved_inputs.is_cuda and moved_targets.is_cuda
+    assert torch.equal(moved_inputs.cpu(), inputs) and torch.equal(moved_targets.cpu(), targets)

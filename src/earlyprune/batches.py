@@ -43,12 +43,19 @@ def tree_tensors(value: Any) -> Iterator[torch.Tensor]:
 
 
 def to_device(value: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
-    """Move every tensor in ``value`` to ``device``; floating ones also to ``dtype`` when given."""
+    """Move every tensor in ``value`` to ``device``; floating ones also to ``dtype`` when given.
+
+    A tensor in pinned (page-locked) memory, as a ``DataLoader(pin_memory=True)`` yields, is copied
+    asynchronously (``non_blocking``): the copy overlaps the host's work instead of stalling it, and the
+    device's stream orders it before the kernels that read it.
+    """
+    device = torch.device(device)
 
     def move(tensor: torch.Tensor) -> torch.Tensor:
+        non_blocking = device.type == "cuda" and tensor.device.type == "cpu" and tensor.is_pinned()
         if dtype is not None and tensor.is_floating_point():
-            return tensor.to(device=device, dtype=dtype)
-        return tensor.to(device)
+            return tensor.to(device=device, dtype=dtype, non_blocking=non_blocking)
+        return tensor.to(device, non_blocking=non_blocking)
 
     return tree_map(move, value)
 

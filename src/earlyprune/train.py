@@ -194,7 +194,7 @@ def evaluate_metrics(model: nn.Module, loader: Iterable[Any], task: str | Task =
     meter = task.meter()
     with preserved_modes(model, train=False):
         for inputs, targets in loader:
-            inputs, targets = to_device(inputs, device, dtype), targets.to(device)
+            inputs, targets = to_device(inputs, device, dtype), to_device(targets, device)
             outputs = predict(model, inputs)
             if not meter.count:
                 task.check(outputs, targets)
@@ -267,7 +267,7 @@ def train(
             forward = step_model.use(model)
             meter = task.meter()
             for inputs, targets in train_loader:
-                inputs, targets = to_device(inputs, device, dtype), targets.to(device)
+                inputs, targets = to_device(inputs, device, dtype), to_device(targets, device)
                 optimizer.zero_grad(set_to_none=True)
                 with autocast(amp, device):
                     if checked:
