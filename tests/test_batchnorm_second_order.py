@@ -120,3 +120,13 @@ def test_prospr_meta_gradient_through_the_fused_layers_equals_pytorchs():
         assert node_is_fused(model(batch[0]).sum())
     for name in expected:
         torch.testing.assert_close(found[name], expected[name], rtol=1e-9, atol=1e-12)
+
+
+def test_one_value_per_channel_is_still_pytorchs_error_and_an_empty_batch_its_answer():
+    """The fused layer would give β and zero gradients for a single value per channel; PyTorch refuses."""
+    layer = nn.BatchNorm1d(3).train()
+    with fused_batchnorm_second_order():
+        with pytest.raises(ValueError, match="more than 1 value per channel"):
+            layer(torch.randn(1, 3, requires_grad=True))
+        empty = torch.randn(0, 3, 4, requires_grad=True)
+        assert layer(empty).shape == (0, 3, 4)

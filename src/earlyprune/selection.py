@@ -260,7 +260,9 @@ def top_by_position(values: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
-    """The ``k``-th smallest (1-based) of the flat ``values``: ``torch.kthvalue(values, k).values``, exactly.
+    """The ``k``-th smallest (1-based) of the flat ``values``: ``torch.kthvalue(values, k).values``, exactly
+    (as a number: where +0.0 and −0.0 tie at the k-th place either may come back, which no comparison tells
+    apart).
 
     On a CPU, for large float inputs, it is found by sampling first (Floyd and Rivest's selection): an
     evenly spaced sample brackets the answer, one pass counts the values below, at and inside the

@@ -133,6 +133,8 @@ def _fused_call(input: torch.Tensor, running_mean: torch.Tensor | None, running_
     """The fused layer's output for an ``F.batch_norm`` call it can take, else None (PyTorch's own)."""
     if not training or input.dim() < 2 or input.dtype not in _FLOATS:
         return None
+    if input.numel() // max(input.shape[1], 1) <= 1:  # PyTorch's own raises (one value per channel) or copes (empty)
+        return None
     if any(t is not None and t.dtype != input.dtype for t in (weight, bias)):
         return None
     return _BatchNorm.apply(input, weight, bias, running_mean, running_var, momentum, eps)
