@@ -3,7 +3,8 @@
 Each repeat runs every variant once, in turn (so load drift hits them alike), and the table gives the
 median over the repeats. Besides the library's routes it times the plain routes they replaced, on the
 same model and batch: ``grasp (two-pass)`` / ``crop (two-pass)`` recompute the gradient's graph for the
-Hessian-gradient product (the official GraSP code's construction), ``synflow x100 (per-round calls)``
+Hessian-gradient product (the official GraSP code's construction), ``prospr (PyTorch's BatchNorm
+derivative)`` is ProsPr without the fused BatchNorm second derivative, ``synflow x100 (per-round calls)``
 is one scoring call and one selection per round; ``100 bare fwd+bwd of one example`` is the floor of
 SynFlow's 100 rounds (their passes without scoring or selection), on the process's threads and on the
 one thread the in-place rounds use on a CPU. Scoring memory: peak resident memory growth of one
@@ -49,6 +50,16 @@ def two_pass(model, x, y, temperature: float, absolute: bool):
     return {n: s.abs() for n, s in scores.items()} if absolute else scores
 
 
+def prospr_native_batchnorm(model, x, y):
+    """ProsPr's meta-gradient as the library computes it, but with PyTorch's own BatchNorm second
+    derivative (the official code's), to see what the fused one saves in the same run."""
+    from earlyprune.criteria.prospr import DEFAULT_INNER_LR, DEFAULT_STEPS, _meta_gradient
+
+    with isolated(model, train=True, seed=0):
+        return _meta_gradient(model, prunable_parameters(model), [(x, y)], default_loss, None, DEFAULT_STEPS,
+                              DEFAULT_INNER_LR, False)
+
+
 def synflow_per_round_calls(model, sparsity: float = 0.98, iterations: int = 100):
     """SynFlow's 100 rounds as 100 independent scoring calls (the route before the in-place rounds)."""
     params = prunable_parameters(model)
@@ -78,6 +89,7 @@ def variants(name: str, x, y, calls: int) -> dict:
         fns[method] = (lambda m=method: ep.score(model, m, (x, y)))
     fns["grasp (two-pass)"] = lambda: two_pass(model, x, y, 200.0, absolute=False)
     fns["crop (two-pass)"] = lambda: two_pass(model, x, y, 1.0, absolute=True)
+    fns["prospr (PyTorch's BatchNorm derivative)"] = lambda: prospr_native_batchnorm(model, x, y)
     fns["synflow x100 (prune)"] = lambda: ep.prune(fresh["prune"].pop(), "synflow", 0.98, on_collapse="allow")
     fns["synflow x100 (per-round calls)"] = lambda: synflow_per_round_calls(fresh["per-round"].pop())
     ones = torch.ones(1, *x.shape[1:])
@@ -160,9 +172,9 @@ def main() -> None:
         times = bench(name, args.repeats)
         base = times["dense fwd+bwd"]
         print(f"\n{name}, batch {BATCH[name]}: one scoring call (median of {args.repeats}, interleaved)")
-        print(f"{'method':<32}{'ms':>10}{'units':>8}")
+        print(f"{'method':<42}{'ms':>10}{'units':>8}")
         for k, v in times.items():
-            print(f"{k:<32}{v * 1e3:>10.1f}{v / base:>8.2f}")
+            print(f"{k:<42}{v * 1e3:>10.1f}{v / base:>8.2f}")
         results[name] = {"ms": {k: v * 1e3 for k, v in times.items()}, "units": {k: v / base for k, v in times.items()}}
         if args.memory:
             mem = {m: memory_of(name, m) for m in ["dense", *METHODS]}
