@@ -103,13 +103,14 @@ needs_compile = pytest.mark.skipif(acceleration.compile_problem() is not None,
 
 
 @needs_compile
-def test_compiled_training_matches_eager_and_keeps_pruned_weights_zero():
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_training_matches_eager_and_keeps_pruned_weights_zero(mode):
     eager, compiled = mlp(), mlp()
     masks = ep.prune(eager, "magnitude", 0.6)
     ep.prune(compiled, "magnitude", 0.6)
     try:
         train(eager, loader(), None, config())
-        train(compiled, loader(), None, config(compile=True))
+        train(compiled, loader(), None, config(compile=True, compile_mode=mode))
     except PruningError as error:
         if "torch.compile could not compile" in str(error):
             pytest.skip(str(error))
@@ -125,3 +126,30 @@ def test_no_compiler_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("CXX", raising=False)
     with pytest.raises(PruningError, match="no C\\+\\+ compiler"):
         acceleration.StepModel(mlp(), compile=True)
+
+
+def test_compile_mode_reaches_torch_compile_and_cuda_graph_steps_are_marked(monkeypatch):
+    built, marks = [], []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: built.append(kwargs) or model)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    monkeypatch.setattr(acceleration, "check_compile", lambda device=None: None)
+    for mode, expected, marked in [("default", None, 0), ("reduce-overhead", "reduce-overhead", 1),
+                                   ("max-autotune-no-cudagraphs", "max-autotune-no-cudagraphs", 0)]:
+        steps = acceleration.StepModel(mlp(), compile=True, mode=mode)
+        steps.use(steps.model)
+        steps.step_begins()
+        assert built[-1]["mode"] == expected and len(marks) == marked, mode
+        marks.clear()
+    with pytest.raises(PruningError, match="compile mode must be one of"):
+        acceleration.StepModel(mlp(), compile=True, mode="fast")
+
+
+def test_compile_mode_needs_compile_and_enters_the_key_only_when_set():
+    from earlyprune.experiments.config import RunConfig
+
+    with pytest.raises(PruningError, match="applies with compile on"):
+        config(compile_mode="reduce-overhead")
+    base = RunConfig.from_dict({"dataset": "mnist-sample", "model": "lenet300", "method": "snip", "sparsity": 0.9,
+                                "compile": True})
+    assert "compile_mode" not in base.key_settings()
+    assert base.replace(compile_mode="reduce-overhead").key() != base.key()

@@ -159,8 +159,8 @@ def test_every_declared_setting_is_a_run_flag_with_help_and_default():
     flags = {s: a for a in run._actions for s in a.option_strings}
     names = [d for d in RunConfig.settings() if d.kind is not dict]
     # the old settings, nesterov, milestones, gamma, threads, steps_per_epoch; preset, ablation, score_mode;
-    # compile, amp; budget; on_collapse
-    assert len(names) == 23 + 5 + 3 + 2 + 1 + 1
+    # compile, compile_mode, amp; budget; on_collapse
+    assert len(names) == 23 + 5 + 3 + 3 + 1 + 1
     for declaration in names:
         action = flags["--" + declaration.name.replace("_", "-")]
         assert action.dest == declaration.name and action.default == declaration.default
@@ -243,8 +243,8 @@ def test_records_are_flat_and_rebuild_the_config():
     config = RunConfig(model="lenet-300-100", method="grasp", epochs=2, options={"temperature": 50.0})
     flat = config.as_dict()
     assert set(flat) == set(OLD_DEFAULTS) | {"nesterov", "milestones", "gamma", "threads", "steps_per_epoch",
-                                             "preset", "ablation", "score_mode", "compile", "amp", "budget", "on_collapse",
-                                             "options"}
+                                             "preset", "ablation", "score_mode", "compile", "compile_mode", "amp",
+                                             "budget", "on_collapse", "options"}
     assert flat["model"] == "lenet300" and flat["options"] == {"temperature": 50.0}
     again = RunConfig.from_dict(json.loads(json.dumps(flat)))  # as a record stores it
     assert again == config and again.key() == config.key()

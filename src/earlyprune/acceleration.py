@@ -8,6 +8,9 @@ run's key when on, so a comparison's dense and pruned runs, built from one confi
   optimizer step) keep pruned weights at zero as in eager mode. After structured surgery the shapes of
   the parameters change; :class:`StepModel` sees that and compiles once more for the new shapes. On the
   CPU inductor needs a C++ compiler: :func:`check_compile` says so clearly when it cannot build.
+  ``compile_mode="reduce-overhead"`` records CUDA graphs on a GPU (the option for small, launch-bound
+  models); the parameters keep their storage, so the optimizer's in-place steps and the masks' re-zeroing
+  are what each replay reads. Not measured on a GPU yet: no GPU was lent to the sessions so far.
 * ``amp``: ``"bf16"`` or ``"fp16"`` autocast for the forward pass and loss; the weights, gradients and
   optimizer state stay float32 (a pruned weight is a float32 zero and its bf16 copy is zero too).
   bf16 needs hardware that computes it (a CUDA GPU with bf16, or a CPU with AVX512-BF16/AMX);
@@ -28,6 +31,9 @@ from torch import nn
 from .errors import PruningError
 
 AMP_MODES = ("bf16", "fp16")
+#: ``torch.compile``'s modes: "reduce-overhead" records CUDA graphs on a GPU, one replay per step instead of
+#: a launch per kernel (on a CPU inductor has no graphs to record and it compiles as "default" does).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -124,10 +130,12 @@ class StepModel:
     surgery) or another module takes its place, and never otherwise. ``compilations`` counts the builds.
     """
 
-    def __init__(self, model: nn.Module, compile: bool = False):
+    def __init__(self, model: nn.Module, compile: bool = False, mode: str = "default"):
+        if mode not in COMPILE_MODES:
+            raise PruningError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
         if compile:
             check_compile(next(iter(model.parameters()), torch.empty(0)).device)
-        self.compile = compile
+        self.compile, self.mode = compile, mode
         self.compilations = 0
         self._model: nn.Module | None = None
         self._shapes: tuple = ()
@@ -142,9 +150,16 @@ class StepModel:
         shapes = _shapes(model)
         if model is not self._model or shapes != self._shapes or self._compiled is None:
             self._model, self._shapes = model, shapes
-            self._compiled = torch.compile(model, dynamic=False)
+            self._compiled = torch.compile(model, dynamic=False, mode=None if self.mode == "default" else self.mode)
             self.compilations += 1
         return self._compiled
+
+    def step_begins(self) -> None:
+        """Call before each training step: with CUDA graphs (``reduce-overhead``, ``max-autotune``) it tells
+        torch that the previous step's outputs are no longer read, so its graph memory can be reused
+        (``torch.compiler.cudagraph_mark_step_begin``); nothing otherwise."""
+        if self.compile and self.mode in ("reduce-overhead", "max-autotune"):
+            torch.compiler.cudagraph_mark_step_begin()
 
     @property
     def model(self) -> nn.Module:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from .acceleration import AMP_MODES, StepModel, autocast, check_amp, compile_failure, grad_scaler
+from .acceleration import AMP_MODES, COMPILE_MODES, StepModel, autocast, check_amp, compile_failure, grad_scaler
 from .batches import to_device
 from .energy import EnergyMeter
 from .calling import predict
@@ -67,6 +67,10 @@ class TrainConfig:
     compile: bool = field(default=False, metadata={
         "help": "torch.compile the model for training (inductor; compiled once more after structured surgery); "
                 "part of the run's key when on"})
+    compile_mode: str = field(default="default", metadata={
+        "help": "torch.compile's mode with compile: reduce-overhead records CUDA graphs on a GPU (fewer kernel "
+                "launches: what helps small, launch-bound models); max-autotune also searches kernels",
+        "choices": COMPILE_MODES})
     amp: str = field(default="none", metadata={
         "help": "mixed precision for training (autocast; weights stay float32): bf16 (a GPU with bf16, or a CPU "
                 "with AVX512-BF16/AMX) or fp16 (CUDA only, with a gradient scaler)", "choices": ("none", *AMP_MODES)})
@@ -74,6 +78,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_declared(self)
+        if self.compile_mode != "default" and not self.compile:
+            raise PruningError(f"compile_mode={self.compile_mode!r} applies with compile on (--compile)")
 
 
 @dataclass
@@ -252,7 +258,8 @@ def train(
     device, dtype = model_device(model), model_dtype(model)
     amp = None if config.amp == "none" else config.amp
     check_amp(amp, device)
-    step_model = StepModel(model, compile=config.compile)  # compiled once more if surgery changes the shapes
+    # compiled once more if surgery changes the shapes
+    step_model = StepModel(model, compile=config.compile, mode=config.compile_mode)
     scaler = grad_scaler(amp, device)
     progress = _progress(config.progress, config.epochs * (steps_per_epoch or 0), description)
     started = time.perf_counter()
@@ -269,6 +276,7 @@ def train(
             for inputs, targets in train_loader:
                 inputs, targets = to_device(inputs, device, dtype), to_device(targets, device)
                 optimizer.zero_grad(set_to_none=True)
+                step_model.step_begins()
                 with autocast(amp, device):
                     if checked:
                         outputs = predict(forward, inputs)
