@@ -130,3 +130,12 @@ def test_one_value_per_channel_is_still_pytorchs_error_and_an_empty_batch_its_an
             layer(torch.randn(1, 3, requires_grad=True))
         empty = torch.randn(0, 3, 4, requires_grad=True)
         assert layer(empty).shape == (0, 3, 4)
+
+
+def test_a_model_without_batchnorm_gets_no_mode():
+    from torch.overrides import _get_current_function_mode_stack
+
+    with fused_batchnorm_second_order(nn.Sequential(nn.Linear(3, 3))):
+        assert not _get_current_function_mode_stack()
+    with fused_batchnorm_second_order(bn_net()):
+        assert len(_get_current_function_mode_stack()) == 1

@@ -90,7 +90,7 @@ def gradient_and_hessian_gradient(
     if not reuse_graph or not batches:
         grads = loss_gradient(model, params, batches, loss_fn, temperature, masks=masks)
         return grads, hessian_gradient_product(model, params, batches, grads, loss_fn, temperature)
-    with fused_batchnorm_second_order():
+    with fused_batchnorm_second_order(model):
         return _reusing_the_last_graph(model, params, batches, loss_fn, temperature, masks)
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.overrides import TorchFunctionMode
 
 _FLOATS = (torch.float32, torch.float64)
@@ -141,9 +142,14 @@ def _fused_call(input: torch.Tensor, running_mean: torch.Tensor | None, running_
 
 
 @contextmanager
-def fused_batchnorm_second_order() -> Iterator[None]:
+def fused_batchnorm_second_order(model: nn.Module | None = None) -> Iterator[None]:
     """Inside, training-mode ``F.batch_norm`` (every ``nn.BatchNorm*`` layer) in float32 or float64 has
-    the cheap second derivative of this module; eval mode (an affine map, already cheap) and other dtypes
-    stay PyTorch's. Scoped to the calling thread (a ``TorchFunctionMode``)."""
+    the cheap second derivative of this module; eval mode (an affine map, already cheap), other dtypes and
+    batches with one value per channel stay PyTorch's. Scoped to the calling thread (a
+    ``TorchFunctionMode``). Given the ``model``, nothing is installed when it has no BatchNorm layer (the
+    mode sees every torch call, a little Python per operation)."""
+    if model is not None and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        yield
+        return
     with _Mode():
         yield

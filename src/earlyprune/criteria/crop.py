@@ -54,7 +54,7 @@ def crop_channel_importance(scoring: Scoring) -> dict[int, torch.Tensor]:
     # The gates are 1, so the gated model computes the same g; the last batch's gradient is taken once with
     # its graph kept and differentiated again for ∂z/∂c (as gradient_and_hessian_gradient does, with the
     # same cheap BatchNorm second derivative).
-    with channel_gates(model, groups) as gates, fused_batchnorm_second_order():
+    with channel_gates(model, groups) as gates, fused_batchnorm_second_order(model):
         gate_list = [gates[g.index] for g in groups]
         for index, batch in enumerate(batches):  # g, summed over the batches
             loss = batch_loss(model, batch, loss_fn)

@@ -47,7 +47,7 @@ def prospr_importance(
         raise PruningError(f"steps must be an integer >= 0 (number of inner SGD steps), got {steps!r}")
     if not inner_lr > 0:
         raise PruningError(f"inner_lr must be > 0, got {inner_lr!r}")
-    with fused_batchnorm_second_order():  # the meta-gradient differentiates each step's gradient again
+    with fused_batchnorm_second_order(model):  # the meta-gradient differentiates each step's gradient again
         return _meta_gradient(model, params, batches, loss_fn, masks, steps, inner_lr, fresh_batches)
 
 
