@@ -233,3 +233,27 @@ def test_magnitude_and_random():
     r1, r2, r3 = ep.score(model, "random", seed=1), ep.score(model, "random", seed=1), ep.score(model, "random", seed=2)
     assert all(torch.equal(r1[n], r2[n]) for n in r1)
     assert not all(torch.equal(r1[n], r3[n]) for n in r1)
+
+
+def test_prospr_first_order_is_theta_times_the_gradient_after_plain_sgd_steps():
+    """The official code's method="first_order", by an independent route: three plain SGD steps on a
+    copy of the model (every parameter, lr 0.1, no momentum), then |θ_0 ⊙ ∇L(θ_3)| for each weight."""
+    import copy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    x, y = torch.randn(10, 4, dtype=torch.float64), torch.randint(0, 3, (10,))
+    scores = ep.score(model, "prospr", (x, y), first_order=True)
+    stepped = copy.deepcopy(model)
+    optimizer = torch.optim.SGD(stepped.parameters(), lr=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        F.cross_entropy(stepped(x), y).backward()
+        optimizer.step()
+    optimizer.zero_grad()
+    F.cross_entropy(stepped(x), y).backward()
+    for name, weight in [("0.weight", model[0].weight), ("2.weight", model[2].weight)]:
+        expected = (weight.detach() * dict(stepped.named_parameters())[name].grad).abs()
+        torch.testing.assert_close(scores[name], expected, rtol=1e-10, atol=1e-14)
+    full = ep.score(model, "prospr", (x, y))  # the paper's meta-gradient differs: it has the second-order terms
+    assert not torch.allclose(full["0.weight"], scores["0.weight"], rtol=1e-3)

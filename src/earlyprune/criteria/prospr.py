@@ -39,16 +39,24 @@ def prospr_importance(
     steps: int = DEFAULT_STEPS,
     inner_lr: float = DEFAULT_INNER_LR,
     fresh_batches: bool = False,
+    first_order: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """|∂L(θ_M)/∂m| at m = 1 after ``steps`` differentiable SGD steps; higher = keep."""
+    """|∂L(θ_M)/∂m| at m = 1 after ``steps`` differentiable SGD steps; higher = keep.
+
+    ``first_order`` is the official code's ``method="first_order"``: the inner steps' gradients are
+    taken as constants (no graph through them), so θ_M depends on m only through θ_0 = θ ⊙ m and the
+    score is |θ ⊙ ∇L(θ_M)|: four plain forward and backward passes instead of differentiating through
+    the steps, and no graph kept (the paper's meta-gradient is the default)."""
     model, params, batches, loss_fn, masks = (scoring.model, scoring.params, scoring.batches, scoring.loss_fn,
                                               scoring.masks)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise PruningError(f"steps must be an integer >= 0 (number of inner SGD steps), got {steps!r}")
     if not inner_lr > 0:
         raise PruningError(f"inner_lr must be > 0, got {inner_lr!r}")
+    if not isinstance(first_order, bool):
+        raise PruningError(f"first_order must be True or False, got {first_order!r}")
     with fused_batchnorm_second_order(model):  # the meta-gradient differentiates each step's gradient again
-        return _meta_gradient(model, params, batches, loss_fn, masks, steps, inner_lr, fresh_batches)
+        return _meta_gradient(model, params, batches, loss_fn, masks, steps, inner_lr, fresh_batches, first_order)
 
 
 def _meta_gradient(
@@ -60,6 +68,7 @@ def _meta_gradient(
     steps: int,
     inner_lr: float,
     fresh_batches: bool,
+    first_order: bool = False,
 ) -> dict[str, torch.Tensor]:
     """:func:`prospr_importance`'s value, its arguments checked."""
     scored_ids = {id(p): n for n, p in params.items()}
@@ -91,7 +100,8 @@ def _meta_gradient(
     for k in range(steps):
         loss = batch_loss(model, batch_for(k), loss_fn, params=with_weights(weights))
         names = list(weights)
-        grads = torch.autograd.grad(loss, [weights[n] for n in names], create_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(loss, [weights[n] for n in names], create_graph=not first_order,
+                                    allow_unused=True)
         updated = {}
         for n, g in zip(names, grads):
             if g is None:
