@@ -217,3 +217,23 @@ def test_an_error_in_a_later_round_leaves_the_weights_as_they_were():
     with pytest.raises(ep.LayerCollapseError):
         ep.prune(net, "magnitude", 0.99, iterations=3, on_collapse="raise")  # the first rounds mask in place
     assert all(torch.equal(p, before[n]) for n, p in net.named_parameters())
+
+
+def test_targets_that_are_not_a_tensor_are_a_clear_error():
+    from earlyprune.errors import PruningError
+    from earlyprune.train import TrainConfig, train
+
+    batches = [(torch.randn(8, 4), [0, 1, 2, 0, 1, 2, 0, 1])]
+    with pytest.raises(PruningError, match="targets of each batch must be one tensor, got list"):
+        train(torch.nn.Linear(4, 3), batches, None, TrainConfig(epochs=1, progress=False))
+
+
+def test_namedtuple_inputs_are_moved_field_by_field():
+    import collections
+
+    from earlyprune.batches import to_device
+
+    Pair = collections.namedtuple("Pair", "image mask")
+    moved = to_device(Pair(torch.ones(2, dtype=torch.float64), torch.zeros(2, dtype=torch.long)), "cpu",
+                      torch.float32)
+    assert isinstance(moved, Pair) and moved.image.dtype == torch.float32 and moved.mask.dtype == torch.long

@@ -25,6 +25,8 @@ def tree_map(fn: Callable[[torch.Tensor], Any], value: Any) -> Any:
         return fn(value)
     if isinstance(value, Mapping):
         return {k: tree_map(fn, v) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple takes its fields one by one
+        return type(value)(*(tree_map(fn, v) for v in value))
     if isinstance(value, (list, tuple)):
         return type(value)(tree_map(fn, v) for v in value)
     return value

@@ -182,6 +182,15 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
+def _check_targets(targets: Any) -> None:
+    """A clear error for targets that are not one tensor (a list, a NumPy array, a dict of them)."""
+    if not isinstance(targets, torch.Tensor):
+        raise PruningError(
+            f"the targets of each batch must be one tensor, got {type(targets).__name__}; yield (inputs, "
+            "torch.tensor(targets)) from the loader (a DataLoader's default collate does this)"
+        )
+
+
 def evaluate(model: nn.Module, loader: Iterable[Any], task: str | Task = "classification") -> tuple[float, float]:
     """Mean loss and the task's main metric of ``model`` over ``loader``: cross-entropy and accuracy for
     classification (the default), MSE and RMSE for regression, cross-entropy per token and perplexity for
@@ -203,6 +212,7 @@ def evaluate_metrics(model: nn.Module, loader: Iterable[Any], task: str | Task =
             inputs, targets = to_device(inputs, device, dtype), to_device(targets, device)
             outputs = predict(model, inputs)
             if not meter.count:
+                _check_targets(targets)
                 task.check(outputs, targets)
             meter.update(outputs, targets)
     if meter.count == 0:
@@ -283,6 +293,7 @@ def train(
                     else:
                         outputs = _first_prediction(forward, inputs)
                     if not checked:  # the task's loss must apply (checked once: the checks synchronise a GPU)
+                        _check_targets(targets)
                         task.check(outputs, targets)
                         checked = True
                     loss = task.loss(outputs, targets)

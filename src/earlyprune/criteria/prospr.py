@@ -17,6 +17,7 @@ derivative from :mod:`._batchnorm_second_order` (the same values to float roundi
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -55,7 +56,8 @@ def prospr_importance(
         raise PruningError(f"inner_lr must be > 0, got {inner_lr!r}")
     if not isinstance(first_order, bool):
         raise PruningError(f"first_order must be True or False, got {first_order!r}")
-    with fused_batchnorm_second_order(model):  # the meta-gradient differentiates each step's gradient again
+    # the meta-gradient differentiates each step's gradient again; the first-order one does not
+    with contextlib.nullcontext() if first_order else fused_batchnorm_second_order(model):
         return _meta_gradient(model, params, batches, loss_fn, masks, steps, inner_lr, fresh_batches, first_order)
 
 
