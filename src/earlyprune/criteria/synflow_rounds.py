@@ -97,21 +97,20 @@ def synflow_rounds(
             grad = torch.cat([torch.zeros(v.numel(), dtype=v.dtype, device=v.device) if g is None
                               else g.flatten() for v, g in zip(values, grads)])
             kept = None if generic else _select_global_topk(grad, flat_values, alive, target)
-            if kept is None:  # the general rules, or a case whose error or warning select() gives
+            by_select = kept is None  # the general rules, or a case whose error or warning select() gives
+            if by_select:
                 importance, current = _full_tensors(grad, flat_values, alive, names, values, sizes)
                 flat, collapsed = select(importance, target, scope, current, rule, on_collapse, min_per_layer,
                                          on_zero_scores=on_zero_scores)
                 kept = torch.cat([flat[n].flatten().to(alive.device) for n in names]).index_select(0, alive)
-                survivors = _compress(alive, kept)
-            else:
-                survivors = _compress(alive, kept)
-                if on_collapse in ("raise", "guard") or index == len(targets) - 1:  # else only the last counts
-                    counts = _counts(survivors, ends)
-                    collapsed = [n for n, size, c in zip(names, sizes, counts) if size and c == 0]
-                    if collapsed and on_collapse in ("raise", "guard"):  # select() raises (or warns) as it does
-                        importance, current = _full_tensors(grad, flat_values, alive, names, values, sizes)
-                        select(importance, target, scope, current, rule, on_collapse, min_per_layer,
-                               on_zero_scores=on_zero_scores)
+            survivors = _compress(alive, kept)
+            if not by_select and (on_collapse in ("raise", "guard") or index == len(targets) - 1):
+                counts = _counts(survivors, ends)  # (before the last round only raise and guard need them)
+                collapsed = [n for n, size, c in zip(names, sizes, counts) if size and c == 0]
+                if collapsed and on_collapse in ("raise", "guard"):  # select() raises (or warns) as it does
+                    importance, current = _full_tensors(grad, flat_values, alive, names, values, sizes)
+                    select(importance, target, scope, current, rule, on_collapse, min_per_layer,
+                           on_zero_scores=on_zero_scores)
             with torch.no_grad():
                 flat_values.index_fill_(0, _compress(alive, ~kept), 0.0)
             alive = survivors
