@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -135,7 +137,11 @@ def test_compile_mode_reaches_torch_compile_and_cuda_graph_steps_are_marked(monk
     monkeypatch.setattr(acceleration, "check_compile", lambda device=None: None)
     for mode, expected, marked in [("default", None, 0), ("reduce-overhead", "reduce-overhead", 1),
                                    ("max-autotune-no-cudagraphs", "max-autotune-no-cudagraphs", 0)]:
-        steps = acceleration.StepModel(mlp(), compile=True, mode=mode)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            steps = acceleration.StepModel(mlp(), compile=True, mode=mode)
+        said = [str(w.message) for w in caught if "records CUDA graphs" in str(w.message)]
+        assert len(said) == (mode == "reduce-overhead"), mode  # a CPU model has no CUDA graphs: said loudly
         steps.use(steps.model)
         steps.step_begins()
         assert built[-1]["mode"] == expected and len(marks) == marked, mode

@@ -23,6 +23,7 @@ import contextlib
 import functools
 import os
 import shutil
+import warnings
 from typing import Any
 
 import torch
@@ -134,7 +135,11 @@ class StepModel:
         if mode not in COMPILE_MODES:
             raise PruningError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
         if compile:
-            check_compile(next(iter(model.parameters()), torch.empty(0)).device)
+            device = next(iter(model.parameters()), torch.empty(0)).device
+            check_compile(device)
+            if mode == "reduce-overhead" and device.type != "cuda":
+                warnings.warn(f"compile_mode='reduce-overhead' records CUDA graphs, which a {device.type} model does "
+                              "not have: it compiles as compile_mode='default' does", RuntimeWarning, stacklevel=2)
         self.compile, self.mode = compile, mode
         self.compilations = 0
         self._model: nn.Module | None = None
