@@ -11,6 +11,7 @@ one thread the in-place rounds use on a CPU. Scoring memory: peak resident memor
 call of each method, measured in a fresh subprocess per method (``--memory``).
 
 Usage: python benchmarks/bench_scoring.py [--threads 2] [--models lenet5 resnet20] [--repeats 5] [--memory]
+       [--allocator system|tuned]
 Data are random tensors of the right shape: these are timings, not accuracies.
 """
 
@@ -164,9 +165,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--memory", action="store_true", help="also peak RSS growth per method (subprocesses)")
     parser.add_argument("--json", help="write the results here too")
+    parser.add_argument("--allocator", choices=("system", "tuned"), default="system",
+                        help="tuned: earlyprune.tune_cpu_allocator() first (as earlyprune run does); system: "
+                             "the C library's defaults (default; benchmarks/bench_allocator.py compares the two)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads")
+    allocator = ep.tune_cpu_allocator() if args.allocator == "tuned" else "system default"
+    print(f"torch {torch.__version__}, {args.threads} threads, allocator: {allocator}")
     results = {}
     for name in args.models:
         times = bench(name, args.repeats)

@@ -35,7 +35,7 @@ def test_run_writes_a_complete_record(tmp_path, capsys):
     (record,) = list(read_records(out))
     for key in ["dataset", "model", "method", "sparsity", "seed", "achieved_sparsity", "params", "nonzero_params",
                 "dense_flops", "effective_flops", "final_accuracy", "best_accuracy", "scoring_seconds",
-                "train_seconds", "peak_memory_mb", "earlyprune_version", "torch_version", "curve"]:
+                "train_seconds", "peak_memory_mb", "earlyprune_version", "torch_version", "cpu_allocator", "curve"]:
         assert key in record, key
     assert record["achieved_sparsity"] == pytest.approx(0.9, abs=1e-4)
     assert record["effective_flops"] < record["dense_flops"]
@@ -228,6 +228,19 @@ def test_two_workers_writing_at_once_lose_nothing(tmp_path):
     with ResultsStore(tmp_path) as store:
         assert len(store.keys()) == 300 and store.integrity_ok()
         assert store.add({"key": "w0-0", "curve": []}) is False  # never twice
+
+
+def test_the_stores_sparsity_column_is_null_where_the_run_had_no_target(tmp_path):
+    """Dense, activation density and cost-budget runs carry the unused default sparsity (0.9) in their
+    settings; the column users query holds the target, so those are NULL, the rest their sparsity."""
+    runs = {"dense": {"method": "dense"}, "ad": {"method": "activation_density"},
+            "budget": {"method": "crop", "structured": True, "budget": "flops=0.25"},
+            "snip": {"method": "snip", "sparsity": 0.98}, "legacy": {}}
+    with ResultsStore(tmp_path) as store:
+        for key, fields in runs.items():
+            store.add({"key": key, "sparsity": 0.9, **fields})
+        rows = dict(store._db.execute("SELECT key, sparsity FROM runs").fetchall())
+    assert rows == {"dense": None, "ad": None, "budget": None, "snip": 0.98, "legacy": 0.9}
 
 
 def _appender(path: str, worker: int, count: int) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from .allocator import release_free_memory
 from .acceleration import AMP_MODES, COMPILE_MODES, StepModel, autocast, check_amp, compile_failure, grad_scaler
 from .batches import to_device
 from .energy import EnergyMeter
@@ -372,11 +373,14 @@ def reset_peak_memory(device: torch.device | None = None) -> None:
 
     On CUDA: ``torch.cuda.reset_peak_memory_stats``. On the CPU under Linux: writing ``5`` to
     ``/proc/self/clear_refs`` resets the process's peak resident set size (``VmHWM``) to its current size.
-    Elsewhere the peak cannot be reset and stays the process's lifetime peak.
+    Elsewhere the peak cannot be reset and stays the process's lifetime peak. The heap's free memory is
+    handed back first (:func:`earlyprune.allocator.release_free_memory`), so that what an earlier run freed
+    but the allocator kept is not counted.
     """
     if device is not None and device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
+    release_free_memory()
     try:
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")

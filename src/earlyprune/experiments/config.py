@@ -34,6 +34,18 @@ from ..train import TrainConfig
 #: ``method`` value for the unpruned reference.
 DENSE = "dense"
 
+#: Methods whose size is an outcome, not a setting: their ``sparsity`` setting is ignored.
+NO_TARGET_SPARSITY = (DENSE, "activation_density")
+
+
+def target_sparsity(record: Mapping[str, Any]) -> float | None:
+    """The sparsity a run (its record or flat settings) was asked for; None where the size is not a setting:
+    the dense reference, activation density (it finds its own size) and a run pruned to a cost budget
+    (the budget decides how many channels go; its ``sparsity`` field holds the unused default)."""
+    if record["method"] in NO_TARGET_SPARSITY or record.get("budget"):
+        return None
+    return float(record["sparsity"])
+
 #: The settings the run key hashed before settings were declared in parts (the flat ``RunConfig`` of 23
 #: fields): always hashed, with their values, so that stored runs keep their keys. Any other setting is
 #: hashed only when it differs from its default.

