@@ -131,7 +131,7 @@ def bench(name: str, repeats: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def memory_of(name: str, method: str) -> float:
+def memory_of(name: str, method: str, tuned: bool = False) -> float:
     """Peak resident memory growth (MiB) of one scoring call, in a fresh interpreter (Linux).
 
     The peak is the kernel's VmHWM, reset just before the call (``/proc/self/clear_refs``): ru_maxrss
@@ -140,6 +140,7 @@ def memory_of(name: str, method: str) -> float:
     code = f"""
 import torch, earlyprune as ep
 from earlyprune import models
+{"ep.tune_cpu_allocator()" if tuned else ""}
 def status(key):
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
@@ -182,7 +183,7 @@ def main() -> None:
             print(f"{k:<42}{v * 1e3:>10.1f}{v / base:>8.2f}")
         results[name] = {"ms": {k: v * 1e3 for k, v in times.items()}, "units": {k: v / base for k, v in times.items()}}
         if args.memory:
-            mem = {m: memory_of(name, m) for m in ["dense", *METHODS]}
+            mem = {m: memory_of(name, m, args.allocator == "tuned") for m in ["dense", *METHODS]}
             print(f"{name}: peak RSS growth of one call (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in mem.items()))
             results[name]["peak_rss_growth_mib"] = mem
     if args.json:
