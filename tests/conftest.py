@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
+
+
+# The experiment runner tunes the process's malloc, which cannot be undone: tests that run it in this
+# process would change the allocator of every test after them. Here it stays the system's;
+# tests/test_allocator.py checks the tuned one in fresh processes.
+os.environ["EARLYPRUNE_MALLOC"] = "system"
 
 
 class SmallCNN(nn.Module):

@@ -55,29 +55,58 @@ def _probe(**env: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _faults_per_pass(result: dict) -> list[int]:
+    return result["faults"][1:]  # the first pass faults its pages in under any allocator
+
+
 @glibc_only
 def test_tuned_malloc_reuses_freed_blocks_and_trims_on_request():
     tuned, system = _probe(), _probe(EARLYPRUNE_MALLOC="system")
-    pages = 48 * 2**20 // 4096
-    assert tuned["said"].startswith("glibc, tuned (mmap threshold 64 MiB")
+    assert tuned["said"].startswith("glibc, tuned (mmap threshold ")
+    assert tuned["said"].endswith(", heap never trimmed)")
     assert system["said"] == "system default (EARLYPRUNE_MALLOC=system)"
-    # glibc's default maps each 48 MiB block afresh: every pass faults all its pages in again
-    assert min(system["faults"][1:]) > 0.9 * pages
-    # tuned, the block comes from the heap and stays there: after the first pass nothing is faulted in
-    assert max(tuned["faults"][1:]) < 0.02 * pages
+    if "threshold 32 MiB" in tuned["said"]:
+        pytest.skip("an older glibc: a 48 MiB block is above the 32 MiB mmap threshold it accepts")
+    # glibc's default maps each 48 MiB block afresh: every pass faults its pages in again (12,288 pages of
+    # 4 KiB, or 24 huge pages where transparent huge pages are always on); tuned, after the first pass the
+    # block comes from the heap and nothing is faulted in
+    assert min(_faults_per_pass(system)) >= 20
+    assert 10 * max(_faults_per_pass(tuned)) < min(_faults_per_pass(system))
     # the 192 MiB freed stay resident until release_free_memory() hands them back
     assert tuned["held"] - tuned["after_free"] < 20 and tuned["held"] - tuned["after_trim"] > 150
     assert system["held"] - system["after_free"] > 150  # the default returned them at free()
 
 
 @glibc_only
-def test_the_users_own_malloc_settings_are_left_alone():
-    given = _probe(MALLOC_TRIM_THRESHOLD_="1000000")
-    assert given["said"] == "system, as set by MALLOC_TRIM_THRESHOLD_"
-    assert min(given["faults"][1:]) > 0.9 * 48 * 2**20 // 4096  # still glibc's mmap for large blocks
+@pytest.mark.parametrize("env, said", [
+    ({"MALLOC_TRIM_THRESHOLD_": "1000000"}, "system, as set by MALLOC_TRIM_THRESHOLD_"),
+    ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1000000"}, "system, as set by GLIBC_TUNABLES"),
+])
+def test_the_users_own_malloc_settings_are_left_alone(env, said):
+    given = _probe(**env)
+    assert given["said"] == said
+    assert min(_faults_per_pass(given)) >= 20  # still glibc's fresh mapping for each large block
+
+
+@glibc_only
+def test_a_preloaded_allocator_is_not_tuned_through_glibcs_mallopt():
+    preloads = [p for p in ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+                            "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+                            "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2") if os.path.exists(p)]
+    if not preloads:
+        pytest.skip("no jemalloc or tcmalloc on this machine to preload")
+    assert _probe(LD_PRELOAD=preloads[0])["said"] == "system default (malloc is not glibc's: LD_PRELOAD?)"
 
 
 def test_thresholds_must_be_positive():
     for bad in ({"mmap_threshold": 0}, {"trim_threshold": -2}, {"mmap_threshold": 2**31}):
         with pytest.raises(ValueError, match=r"byte counts in \[1, 2\*\*31\)"):
             tune_cpu_allocator(**bad)
+
+
+def test_an_unknown_opt_out_value_is_refused(monkeypatch):
+    monkeypatch.setenv("EARLYPRUNE_MALLOC", "off")
+    with pytest.raises(ValueError, match="EARLYPRUNE_MALLOC must be 'system'.*got 'off'"):
+        tune_cpu_allocator()
+    monkeypatch.setenv("EARLYPRUNE_MALLOC", "system")
+    assert tune_cpu_allocator() == "system default (EARLYPRUNE_MALLOC=system)"

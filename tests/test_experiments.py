@@ -38,6 +38,7 @@ def test_run_writes_a_complete_record(tmp_path, capsys):
                 "train_seconds", "peak_memory_mb", "earlyprune_version", "torch_version", "cpu_allocator", "curve"]:
         assert key in record, key
     assert record["achieved_sparsity"] == pytest.approx(0.9, abs=1e-4)
+    assert record["cpu_allocator"] == "system default (EARLYPRUNE_MALLOC=system)"  # as conftest sets it
     assert record["effective_flops"] < record["dense_flops"]
     assert 0.1 < record["final_accuracy"] <= 1.0
 

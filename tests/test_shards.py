@@ -125,7 +125,8 @@ def test_conflicting_copies_keep_the_first_finished_whatever_the_order_and_warn(
             "seed": 0, "final_accuracy": 0.91, "curve": [{"epoch": 1, "test_accuracy": 0.91, "seconds": 1.0}]}
     early = {**base, "finished_at": "2026-01-01T10:00:00"}
     late = {**base, "finished_at": "2026-01-02T10:00:00", "final_accuracy": 0.5}
-    same = {**early, "finished_at": "2026-01-03T10:00:00", "train_seconds": 9.0,
+    same = {**early, "finished_at": "2026-01-03T10:00:00", "train_seconds": 9.0, "energy_joules": 12.5,
+            "energy_source": "RAPL", "cpu_allocator": "system default (EARLYPRUNE_MALLOC=system)",
             "curve": [{"epoch": 1, "test_accuracy": 0.91, "seconds": 7.0}]}
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     for where, record in ((a, early), (b, late), (c, same)):

@@ -17,13 +17,15 @@ a run's peak memory). The price is memory: the process's resident size stays at 
 falling after a large step. It changes the whole process
 and cannot be undone (setting a threshold ends glibc's dynamic adjustment), so the library never calls it
 on its own: the experiment runner (``earlyprune run``, ``sweep``, ``demo``) does, unless
-``EARLYPRUNE_MALLOC=system`` is set, and a user's own script may. Where either variable is already set,
-or the C library is not glibc (macOS, Windows, musl), nothing is changed.
+``EARLYPRUNE_MALLOC=system`` is set, and a user's own script may. Where either variable (or a
+``glibc.malloc`` tunable in ``GLIBC_TUNABLES``) is already set, where the C library is not glibc (macOS,
+Windows, musl), or where another allocator is preloaded in front of it, nothing is changed.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 
@@ -36,8 +38,11 @@ TRIM_THRESHOLD = -1
 
 _M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
+#: glibc before 2.35 refuses an mmap threshold above half its 64 MiB arena heaps
+_OLDER_GLIBCS_LARGEST = 32 * 2**20
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 OPT_OUT = "EARLYPRUNE_MALLOC"
+_OPT_OUT_VALUES = ("", "tuned", "system")
 
 _applied: str | None = None
 
@@ -45,25 +50,42 @@ _applied: str | None = None
 def tune_cpu_allocator(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> str:
     """Set glibc's mmap and trim thresholds for this process (see the module's docstring; ``trim_threshold``
     -1: never trim); returns what this process's allocator now does, as recorded with each run: ``"glibc,
-    tuned (mmap threshold 64 MiB, heap never trimmed)"``, or why it was left as it is. Calling it again
-    changes nothing."""
+    tuned (mmap threshold 64 MiB, heap never trimmed)"``, or why it was left as it is. A glibc that refuses
+    the mmap threshold (before 2.35, above 32 MiB) gets 32 MiB. Calling it again changes nothing.
+
+    ``EARLYPRUNE_MALLOC`` is ``system`` (change nothing), ``tuned`` or unset (tune); anything else is a
+    ValueError. On Ray, pass it to the workers with ``runtime_env={"env_vars": {...}}``: workers on other
+    machines do not see the driver's environment.
+    """
     global _applied
     if not 0 < mmap_threshold < 2**31 or not (0 < trim_threshold < 2**31 or trim_threshold == -1):
         raise ValueError(f"allocator thresholds are byte counts in [1, 2**31) (trim_threshold -1: never trim), "
                          f"got mmap_threshold={mmap_threshold}, trim_threshold={trim_threshold}")
+    choice = os.environ.get(OPT_OUT, "").strip().lower()
+    if choice not in _OPT_OUT_VALUES:
+        raise ValueError(f"{OPT_OUT} must be 'system' (leave the C library's malloc as it is) or 'tuned' "
+                         f"(the default), got {os.environ[OPT_OUT]!r}")
     if _applied is not None:
         return _applied
-    if os.environ.get(OPT_OUT, "").lower() == "system":
+    if choice == "system":
         return f"system default ({OPT_OUT}=system)"
     given = [name for name in _USER_SETTINGS if name in os.environ]
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        given.append("GLIBC_TUNABLES")
     if given:
         return f"system, as set by {', '.join(given)}"
     mallopt = _glibc_mallopt()
     if mallopt is None:
         return "system default (not glibc)"
-    if not (mallopt(_M_MMAP_THRESHOLD, mmap_threshold) and mallopt(_M_TRIM_THRESHOLD, trim_threshold)):
-        return "system default (glibc refused the thresholds)"
+    if not _malloc_is_glibcs():
+        return "system default (malloc is not glibc's: LD_PRELOAD?)"
+    if not mallopt(_M_MMAP_THRESHOLD, mmap_threshold):
+        mmap_threshold = min(mmap_threshold, _OLDER_GLIBCS_LARGEST)
+        if not mallopt(_M_MMAP_THRESHOLD, mmap_threshold):
+            return "system default (glibc refused the mmap threshold)"
     trimmed = "heap never trimmed" if trim_threshold == -1 else f"trim threshold {trim_threshold / 2**20:g} MiB"
+    if not mallopt(_M_TRIM_THRESHOLD, trim_threshold):
+        trimmed = "glibc refused the trim threshold"
     _applied = f"glibc, tuned (mmap threshold {mmap_threshold / 2**20:g} MiB, {trimmed})"
     return _applied
 
@@ -85,9 +107,26 @@ def _glibc_mallopt():
     return _glibc_function("mallopt", [ctypes.c_int, ctypes.c_int])
 
 
+@functools.lru_cache(maxsize=None)
+def _is_glibc() -> bool:
+    """Whether this process's C library is glibc (on Linux); asked once per process."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
+def _malloc_is_glibcs() -> bool:
+    """Whether ``malloc`` as the process resolves it is glibc's own, not one an LD_PRELOADed allocator
+    (jemalloc, tcmalloc, mimalloc) put in front of it, whose ``mallopt`` would tune nothing in use."""
+    try:
+        used = ctypes.cast(ctypes.CDLL(None).malloc, ctypes.c_void_p).value
+        glibcs = ctypes.cast(ctypes.CDLL("libc.so.6").malloc, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return False
+    return used == glibcs
+
+
 def _glibc_function(name: str, argtypes: list):
     """The C library's function ``name`` (returning int) where that library is glibc on Linux, else None."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not _is_glibc():
         return None
     try:
         function = getattr(ctypes.CDLL(None), name)

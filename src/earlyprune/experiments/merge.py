@@ -23,7 +23,8 @@ from .store import STORE_NAME, ResultsStore
 #: Record fields that tell the circumstances of a run, not its result: copies may differ in them.
 CIRCUMSTANCES = frozenset({
     "finished_at", "train_seconds", "scoring_seconds", "peak_memory_mb", "earlyprune_version", "torch_version",
-    "python_version", "device", "processes", "hostname", "threads",
+    "python_version", "device", "processes", "hostname", "threads", "cpu_allocator", "energy_joules",
+    "energy_source",
 })
 
 
