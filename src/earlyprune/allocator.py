@@ -5,9 +5,10 @@ threshold (128 KiB at first, raised up to 32 MiB as large blocks are freed) is m
 kernel and unmapped when freed, and the heap is trimmed whenever more than twice that threshold is free
 at its top. Work that allocates and frees many large temporaries, such as differentiating a graph twice,
 then spends its time in the kernel, faulting in and zeroing pages it has just given back. On the
-2-core development machine (ResNet-20, batch 128, ``benchmarks/bench_scoring.py`` in a long-running
-process) ProsPr's meta-gradient cost 17.8 units of a dense forward+backward with the defaults and 9.6
-with the thresholds below (the process's system time 23 s against 5 s); GraSP 3.07 against 2.99.
+2-core development machine (ResNet-20, batch 128, ``benchmarks/bench_allocator.py``: the scoring benchmark
+as a whole, in fresh processes taken in turn) ProsPr's meta-gradient cost 19.7 units of a dense
+forward+backward with the defaults and 11.0 with the settings below, GraSP 3.46 against 3.20, and a
+training step 1.21x less time.
 
 :func:`tune_cpu_allocator` sets both thresholds with ``mallopt``, as the environment variables
 ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` would at start-up: blocks under 64 MiB come
@@ -38,7 +39,7 @@ TRIM_THRESHOLD = -1
 
 _M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
-#: glibc before 2.35 refuses an mmap threshold above half its 64 MiB arena heaps
+#: the largest mmap threshold older glibcs accept (half their 64 MiB arena heaps); tried where 64 MiB is refused
 _OLDER_GLIBCS_LARGEST = 32 * 2**20
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 OPT_OUT = "EARLYPRUNE_MALLOC"
@@ -51,7 +52,7 @@ def tune_cpu_allocator(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int
     """Set glibc's mmap and trim thresholds for this process (see the module's docstring; ``trim_threshold``
     -1: never trim); returns what this process's allocator now does, as recorded with each run: ``"glibc,
     tuned (mmap threshold 64 MiB, heap never trimmed)"``, or why it was left as it is. A glibc that refuses
-    the mmap threshold (before 2.35, above 32 MiB) gets 32 MiB. Calling it again changes nothing.
+    the mmap threshold (older ones accept at most 32 MiB) gets 32 MiB. Calling it again changes nothing.
 
     ``EARLYPRUNE_MALLOC`` is ``system`` (change nothing), ``tuned`` or unset (tune); anything else is a
     ValueError. On Ray, pass it to the workers with ``runtime_env={"env_vars": {...}}``: workers on other

@@ -90,8 +90,6 @@ def _variant(record: dict[str, Any]) -> str:
     return name
 
 
-
-
 def _ordered(by: dict[float | None, Any]) -> list[float | None]:
     return sorted(by, key=lambda s: -1.0 if s is None else s)
 
